@@ -1,0 +1,77 @@
+"""lightning-t5's task registry: every dataset as text-to-text examples, tokenized and cached.
+
+Seqio-shaped API::
+
+    import tasks
+    task = tasks.TaskRegistry.get("glue_sst2")
+    next(task.text_examples("validation"))   # {"inputs": "sst2 sentence: ...", "targets": "positive", ...}
+    ds = task.tokenized("train")              # datasets.Dataset of int32 ids (EOS appended), cached on disk
+    for ex in task.get_dataset("train", shuffle=True, seed=0):
+        ...                                   # {"inputs": np.int32 array, "targets": np.int32 array}
+
+Registering your own task (in your own module, e.g. ``my_tasks.py``; then put ``imports: [my_tasks]``
+in the run config, or call ``tasks.import_modules(["my_tasks"])``)::
+
+    import functools
+    from tasks import Task, TaskRegistry, FileSource, metrics, postprocessors
+
+    def sentiment(row):
+        return {"inputs": "review: " + row["text"], "targets": ["bad", "good"][row["label"]]}
+
+    TaskRegistry.add(Task(
+        "my_reviews",
+        source=FileSource({"train": "reviews/train.jsonl", "validation": "reviews/dev.jsonl"}),
+        preprocessors=[sentiment],
+        postprocess_fn=functools.partial(postprocessors.string_label_to_class_id, label_classes=["bad", "good"]),
+        metric_fns=[metrics.accuracy],
+        label_choices=["bad", "good"],
+    ))
+
+The caches live under ``$LIGHTNING_T5_CACHE`` (default ``~/.cache/lightning_t5``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+from tasks import metrics, postprocessors, preprocessors
+from tasks.errors import RowError, TaskError
+from tasks.sources import DataSource, FileSource, HubSource, InMemorySource, LocalOrHubSource, shipped_or_hub
+from tasks.task import Task, TaskRegistry, TokenPreprocessor, list_column_to_numpy, take_rows
+from tasks.utils import cache_root, example_seed
+from tasks.vocabulary import SentencePieceVocabulary, get_default_vocabulary, train_vocabulary
+
+
+def import_modules(names: Iterable[str] | None) -> list[object]:
+    """Import user modules that register tasks/mixtures (config key ``imports``).
+
+    A missing module is a :class:`TaskError` that names it and says to check ``sys.path``; an error
+    *inside* the module propagates unchanged, so its traceback points at the user's bug.
+    """
+    modules = []
+    for name in names or ():
+        if not isinstance(name, str) or not name:
+            raise TaskError(f"imports: each entry must be a module name string, got {name!r}.")
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:
+            if err.name and (name == err.name or name.startswith(err.name + ".")):
+                raise TaskError(
+                    f"imports: cannot import module '{name}' (config key `imports`). Make sure it is on "
+                    "the Python path (e.g. run from its directory or set PYTHONPATH) and spelled as a "
+                    "module name (my_pkg.my_tasks, not a file path)."
+                ) from err
+            raise
+    return modules
+
+
+__all__ = [
+    "DataSource", "FileSource", "HubSource", "InMemorySource", "LocalOrHubSource", "RowError",
+    "SentencePieceVocabulary", "Task", "TaskError", "TaskRegistry", "TokenPreprocessor", "cache_root",
+    "example_seed", "get_default_vocabulary", "import_modules", "list_column_to_numpy", "metrics",
+    "postprocessors", "preprocessors", "shipped_or_hub", "take_rows", "train_vocabulary",
+]
+
+# Register the built-in catalog last (it imports Task and TaskRegistry from above).
+from tasks import catalog  # noqa: E402,F401

@@ -1,0 +1,177 @@
+"""Inspect tasks and build vocabularies.
+
+    python -m tasks list                                   # name, source, splits, row counts
+    python -m tasks show NAME [--split S] [-n N] [--json]  # raw row, text pair, token ids
+    python -m tasks vocab --tasks T [T ...] --size 8000 --out data/vocab/spiece.model
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tasks import TaskRegistry
+
+    rows = []
+    for name in TaskRegistry.names():
+        task = TaskRegistry.get(name)
+        sizes = []
+        for split in task.splits:
+            n = task.num_rows(split)
+            sizes.append(f"{split}={n if n is not None else '?'}")
+        kind = "supervised" if task.supervised else "unsupervised"
+        rows.append((name, task.source.describe(), kind, " ".join(sizes)))
+    if args.json:
+        for name, source, kind, sizes in rows:
+            print(json.dumps({"name": name, "source": source, "kind": kind, "rows": sizes}))
+        return 0
+    widths = [max(len(r[i]) for r in rows + [("task", "source", "kind", "")]) for i in range(3)]
+    print(f"{'task':<{widths[0]}}  {'source':<{widths[1]}}  {'kind':<{widths[2]}}  rows per split ('?' = unknown without downloading/parsing, e.g. hub)")
+    for name, source, kind, sizes in rows:
+        print(f"{name:<{widths[0]}}  {source:<{widths[1]}}  {kind:<{widths[2]}}  {sizes}")
+    print(f"{len(rows)} tasks")
+    return 0
+
+
+def _supervised_examples(task, split: str, n: int):
+    vocab = task.vocabulary
+    raw = task._raw(split)
+    shown = 0
+    for index, row in enumerate(raw):
+        for ex in task.preprocess_row(row, split, index):
+            yield {
+                "raw": _jsonable(dict(row)),
+                "inputs": ex["inputs"],
+                "targets": ex["targets"],
+                "inputs_ids": vocab.encode(ex["inputs"]) + [vocab.eos_id],
+                "targets_ids": vocab.encode(ex["targets"]) + [vocab.eos_id],
+            }
+            shown += 1
+            if shown >= n:
+                return
+
+
+def _unsupervised_examples(task, split: str, n: int, sequence_length: dict[str, int]):
+    vocab = task.vocabulary
+    for index, ex in enumerate(itertools.islice(task.get_dataset(split, sequence_length=sequence_length), n)):
+        yield {
+            "raw": {"window": index},
+            "inputs": vocab.decode(ex["inputs"]),
+            "targets": vocab.decode(ex["targets"]),
+            "inputs_ids": ex["inputs"].tolist(),
+            "targets_ids": ex["targets"].tolist(),
+        }
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tasks import TaskRegistry
+
+    task = TaskRegistry.get(args.name)
+    split = args.split or ("validation" if "validation" in task.splits else task.splits[0])
+    if task.supervised:
+        examples = _supervised_examples(task, split, args.n)
+    else:
+        length = {"inputs": args.inputs_length, "targets": args.targets_length}
+        examples = _unsupervised_examples(task, split, args.n, length)
+    for i, ex in enumerate(examples):
+        if args.json:
+            print(json.dumps(ex, ensure_ascii=False))
+            continue
+        print(f"=== {task.name} [{split}] example {i}")
+        print(f"raw:         {json.dumps(ex['raw'], ensure_ascii=False)[:2000]}")
+        print(f"inputs:      {ex['inputs']!r}")
+        print(f"targets:     {ex['targets']!r}")
+        print(f"inputs_ids:  {ex['inputs_ids']}")
+        print(f"targets_ids: {ex['targets_ids']}")
+    return 0
+
+
+def cmd_vocab(args: argparse.Namespace) -> int:
+    from tasks import TaskRegistry, train_vocabulary
+
+    selected = [TaskRegistry.get(name) for name in args.tasks]
+
+    def texts():
+        for task in selected:
+            for ex in task.text_examples(args.split):
+                for key in ("inputs", "targets"):
+                    if ex[key]:
+                        yield ex[key]
+
+    vocab = train_vocabulary(
+        texts(), args.out, size=args.size, model_type=args.model_type,
+        character_coverage=args.character_coverage, input_sentence_size=args.input_sentence_size,
+    )
+    print(f"wrote {vocab.path}: {vocab.base_vocab_size} pieces + {vocab.extra_ids} sentinels = {vocab.vocab_size} ids")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
+    parser.add_argument("--imports", action="append", default=[], metavar="MODULE",
+                        help="a user module that registers tasks (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list every registered task")
+    p.add_argument("--json", action="store_true", help="one JSON object per task")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("show", help="raw rows, text-to-text pairs and token ids of a task")
+    p.add_argument("name")
+    p.add_argument("--split", default=None, help="default: validation if present, else the first split")
+    p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
+    p.add_argument("--json", action="store_true", help='one JSON object per example: {"raw", "inputs", "targets", "inputs_ids", "targets_ids"}')
+    p.add_argument("--inputs-length", type=int, default=512, help="unsupervised tasks: encoder length")
+    p.add_argument("--targets-length", type=int, default=114, help="unsupervised tasks: decoder length")
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("vocab", help="train a SentencePiece vocabulary (T5 ids) on tasks' text")
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--size", type=int, default=8000)
+    p.add_argument("--out", required=True, help="output .model path")
+    p.add_argument("--split", default="train")
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char", "word"])
+    p.add_argument("--character-coverage", type=float, default=0.9995)
+    p.add_argument("--input-sentence-size", type=int, default=400_000)
+    p.set_defaults(fn=cmd_vocab)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import datasets
+
+    from tasks import TaskError, import_modules
+
+    args = build_parser().parse_args(argv)
+    datasets.disable_progress_bars()
+    try:
+        import_modules(args.imports)
+        return args.fn(args)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `python -m tasks show ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
