@@ -1,0 +1,127 @@
+"""``python -m mixtures list`` and ``python -m mixtures show NAME [mixing.key=value ...] [--json] [-n N]``.
+
+``show`` prints each task's size (rows in the split), the size it is rated by, its rate (unnormalized, seqio's
+value), its share (normalized), and the share the sampler actually drew over ``-n`` examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .errors import MixtureError
+from .mixture import MixtureRegistry
+from .rates import MixingConfig
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("null", "none", "~"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``mixing.rate=temperature mixing.schedule.to.rate=equal`` -> nested mixing dict (keys validated later)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise MixtureError(f"override {item!r} must look like mixing.KEY=VALUE (e.g. mixing.rate=temperature).")
+        key, value = item.split("=", 1)
+        parts = key.split(".")
+        if parts[0] != "mixing" or len(parts) < 2:
+            raise MixtureError(f"override {item!r}: only mixing.* keys are accepted here, e.g. mixing.max_examples=2048.")
+        node = out
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def _list() -> int:
+    for name in MixtureRegistry.names():
+        mix = MixtureRegistry.get(name)
+        print(f"{name:40s} {mix.description}")
+    return 0
+
+
+def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, seed: int) -> int:
+    from . import catalog
+    from .sampler import MixtureDataset
+
+    mix = MixtureRegistry.get(name)
+    mixing = MixingConfig.from_dict(parse_overrides(overrides))
+    shares = mix.rates(split, mixing)
+    raw = mix.raw_rates(split, mixing)
+    rated = mix.sizes_for_rating(split, mixing)
+    sizes = {t.name: t.num_examples(split) for t in mix.tasks}
+    drawn: dict[str, float] = {}
+    if n > 0:
+        ds = MixtureDataset(mix, split, {"inputs": 512, "targets": 128}, batch_size=min(n, 4096), mixing=mixing,
+                            pack=False, seed=seed)
+        counts = ds.draw_counts(n)
+        total = max(sum(counts.values()), 1)
+        drawn = {k: v / total for k, v in counts.items()}
+    if as_json:
+        print(json.dumps({t: {"size": sizes[t], "rate": raw[t], "share": shares[t],
+                              **({"drawn": drawn[t]} if drawn else {})} for t in shares}, indent=2))
+        return 0
+    print(f"mixture {name}: {mix.description}")
+    print(f"mixing: {mixing.merged_over(mix.defaults).to_dict()}")
+    head = f"{'task':30s} {'size':>9s} {'rated by':>10s} {'rate':>12s} {'share':>8s}"
+    print(head + (f" {'drawn':>8s}" if drawn else ""))
+    for t in shares:
+        line = f"{t:30s} {sizes[t]:9d} {rated[t]:10.0f} {raw[t]:12.4g} {shares[t]:8.4f}"
+        print(line + (f" {drawn[t]:8.4f}" if drawn else ""))
+    if drawn:
+        print(f"(drawn: the sampler's task shares over the first {n} examples, seed {seed})")
+    for task, why in catalog.skipped(name).items():
+        print(f"left out: {task} ({why})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mixtures", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list mixture names")
+    show = sub.add_parser("show", help="sizes, rates and shares of one mixture")
+    show.add_argument("name")
+    show.add_argument("overrides", nargs="*", help="mixing.KEY=VALUE, e.g. mixing.rate=temperature")
+    show.add_argument("--json", action="store_true", help='print {task: {"size", "rate", "share"}}')
+    show.add_argument("-n", type=int, default=100_000, help="examples to draw with the sampler (0: skip)")
+    show.add_argument("--split", default="train")
+    show.add_argument("--seed", type=int, default=0)
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if "=" not in a or a.startswith("-")]
+    if bad or (extra and args.cmd != "show"):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if args.cmd == "show":
+        args.overrides = list(args.overrides) + extra
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        from datasets.utils.logging import disable_progress_bar
+        disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        if args.cmd == "list":
+            return _list()
+        return _show(args.name, args.overrides, args.json, args.n, args.split, args.seed)
+    except MixtureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""The mixing sampler: a deterministic, sharded, resumable stream of ready batches.
+
+Design (why it is built this way)
+---------------------------------
+* **A plan, then tokens.** Which task and which example each batch slot gets (and, when packing, where it goes)
+  is cheap metadata: task draws, per-task counters and example lengths. Every dataloader worker computes the
+  whole plan of its rank, but materializes (gathers tokens, runs ``task.finalize``, packs) only the batches
+  ``b ≡ worker_id (mod num_workers)``. The batch sequence is therefore a function of
+  ``(seed, rank, world_size, config)`` only, never of ``num_workers``, and torch/torchdata's round-robin over
+  workers returns the batches in plan order.
+* **Each task's stream** is a permutation of ``task.tokenized(split)`` per task-epoch, drawn from
+  ``(seed, task name, pass, task epoch)``, repeated (T5 re-reads small tasks). Random objectives get the seeds
+  ``tasks.example_seed(seed, task.name, epoch_key, row)`` so an example's noise does not depend on batching.
+* **Draws.** ``granularity="example"`` (T5): every example's task is drawn from the mixture's shares.
+  ``granularity="batch"`` (MT-DNN/jiant): one task per step (the same on every rank), all rows from it.
+  Draws at step ``s`` come from a generator seeded by ``(seed, pass, s)`` (plus the rank in packed mode), so
+  rate schedules by step are exact.
+* **Data parallel.** Padding mode: the plan is the *global* batch of ``world_size * batch_size`` examples and rank
+  ``r`` takes rows ``[r*B, (r+1)*B)``, so concatenating ranks reproduces the single-process batch. Packing mode:
+  each task's stream is sharded across ranks (rank ``r`` takes positions ``p ≡ r mod world_size``), each rank
+  draws and packs its own examples; no example is duplicated or lost across ranks.
+* **Passes.** ``epoch_mode="all_seen"`` ends a pass once every task with a positive share has been read
+  completely (the rest of the pass keeps the mixture's rates; finished tasks start their next task-epoch). With
+  padding all ranks end at the same step. With packing each rank ends when *its* shard is exhausted, so ranks
+  may end a few steps apart: under DDP use padding for ``all_seen`` or cap the pass with ``num_batches``.
+* **Resume.** The state is a compact cursor (pass, step, per-task counters, a carried draw, observed counts).
+  ``state_dict()`` is the cursor after the last batch yielded by this process/worker, which is what
+  ``torchdata.stateful_dataloader.StatefulDataLoader`` snapshots per worker.
+
+What the training code must do (Lightning)
+------------------------------------------
+Wrap the dataset in ``StatefulDataLoader(ds, batch_size=None, num_workers=N)`` (it yields ready batches), pass
+``use_distributed_sampler=False`` to the Trainer (the dataset shards itself by ``rank``/``world_size``), build one
+dataset per rank with ``rank=trainer.global_rank, world_size=trainer.world_size``, pass ``num_batches`` (e.g.
+``max_steps * accumulate_grad_batches``) so that ``__len__`` is defined and true (without a length Lightning
+prefetches a batch and resumes one batch off), do not read ``trainer.estimated_stepping_batches`` in
+``configure_optimizers`` (Lightning issue 20550), and for ``epoch_mode="all_seen"`` call ``set_epoch`` at each
+epoch start.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import itertools
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import MixtureError
+from .mixture import Mixture, _num_examples
+from .packing import FirstFitPacker, assemble, to_torch
+from .rates import MixingConfig
+
+log = logging.getLogger(__name__)
+
+_TAG_PADDED, _TAG_PACKED, _TAG_BATCH, _TAG_PERM = 1, 2, 3, 4
+_PASS_STRIDE = 1 << 32  # epoch key = pass * stride + task epoch (stable seeds per pass)
+_STATE_VERSION = 1
+
+
+def _name_key(name: str) -> int:
+    """Stable 64-bit key of a task name (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+@functools.lru_cache(maxsize=1)
+def _tasks_example_seed():
+    try:
+        from tasks import example_seed
+    except ImportError:  # tasks package not importable (synthetic tasks only): a local stable hash instead
+        return None
+    return example_seed
+
+
+def _example_seeds(seed: int, name: str, epoch: int, rows: np.ndarray) -> np.ndarray:
+    """``tasks.example_seed(seed, task, epoch, row)``: an example's noise depends on nothing else."""
+    example_seed = _tasks_example_seed()
+    if example_seed is not None:
+        return np.asarray(example_seed(seed, name, epoch, np.asarray(rows, np.int64)), dtype=np.uint64)
+    base = np.uint64(_name_key(f"{seed}/{name}/{epoch}") & 0xFFFFFFFFFFFFFFFF)
+    x = np.asarray(rows, np.uint64) * np.uint64(0x9E3779B97F4A7C15) + base
+    x ^= x >> np.uint64(31)
+    return x * np.uint64(0xBF58476D1CE4E5B9)
+
+
+class TaskSource:
+    """Random access to one task's tokenized split as flat numpy arrays (zero-copy from the Arrow cache)."""
+
+    def __init__(self, task: Any, split: str, sequence_length: Mapping[str, int]) -> None:
+        self.task = task
+        self.name = task.name
+        ds = task.tokenized(split, sequence_length)
+        if getattr(ds, "_indices", None) is not None:
+            ds = ds.flatten_indices()
+        self.n = len(ds)
+        if self.n == 0:
+            raise MixtureError(f"task {self.name!r} has no examples in split {split!r}; it cannot be sampled.")
+        self._cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for col in ("inputs", "targets"):
+            if col not in ds.column_names:
+                raise MixtureError(f"task {self.name!r}: tokenized({split!r}) has no {col!r} column "
+                                   f"(columns: {ds.column_names}).")
+            arr = ds.data.column(col).combine_chunks()
+            self._cols[col] = (arr.offsets.to_numpy().astype(np.int64), arr.values.to_numpy(zero_copy_only=False))
+        self.lengths = {c: np.diff(o) for c, (o, _) in self._cols.items()}
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self.supervised = bool(getattr(task, "supervised", True))
+
+    def rows(self, seed: int, pass_: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Task-stream positions -> (dataset rows, epoch keys)."""
+        epochs, idx = np.divmod(np.asarray(positions, np.int64), self.n)
+        rows = np.empty_like(idx)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            rows[sel] = self.permutation(seed, pass_, int(e))[idx[sel]]
+        return rows, pass_ * _PASS_STRIDE + epochs
+
+    def permutation(self, seed: int, pass_: int, epoch: int) -> np.ndarray:
+        """The row order of one task-epoch; the two most recent are kept (a batch may straddle an epoch end)."""
+        key = (pass_, epoch)
+        perm = self._perms.get(key)
+        if perm is None:
+            ss = np.random.SeedSequence([seed, _TAG_PERM, _name_key(self.name), pass_, epoch])
+            perm = np.random.Generator(np.random.PCG64(ss)).permutation(self.n)
+            if len(self._perms) >= 2:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[key] = perm
+        return perm
+
+    def row(self, seed: int, pass_: int, position: int) -> tuple[int, int]:
+        """Scalar fast path of :meth:`rows`: (dataset row, epoch key) of one task-stream position."""
+        epoch, i = divmod(position, self.n)
+        return int(self.permutation(seed, pass_, epoch)[i]), pass_ * _PASS_STRIDE + epoch
+
+    def get(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of one cached row (views, no copy)."""
+        (io, iv), (to, tv) = self._cols["inputs"], self._cols["targets"]
+        return iv[io[row]:io[row + 1]], tv[to[row]:to[row + 1]]
+
+    def fetch(self, rows: np.ndarray, epoch_keys: np.ndarray, seed: int,
+              sequence_length: Mapping[str, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Final examples (``task.finalize`` applied) for ``rows``; untruncated."""
+        batch = {c: [vals[off[r]:off[r + 1]] for r in rows] for c, (off, vals) in self._cols.items()}
+        seeds = np.empty(len(rows), np.uint64)
+        for e in np.unique(epoch_keys):
+            sel = epoch_keys == e
+            seeds[sel] = _example_seeds(seed, self.name, int(e), rows[sel])
+        out = self.task.finalize(batch, seeds, dict(sequence_length))
+        return ([np.asarray(x) for x in out["inputs"]], [np.asarray(x) for x in out["targets"]])
+
+
+@dataclass
+class _Cursor:
+    pass_: int = 0
+    step: int = 0
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pending: int = -1
+    observed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    done: bool = False
+    truncated: int = 0
+    real_tokens: int = 0
+    slot_tokens: int = 0
+
+    def to_state(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "pass": self.pass_, "step": self.step, "counts": self.counts.tolist(),
+                "pending": self.pending, "observed": self.observed.tolist(), "done": self.done,
+                "truncated": self.truncated, "real_tokens": self.real_tokens, "slot_tokens": self.slot_tokens}
+
+    @classmethod
+    def from_state(cls, sd: Mapping[str, Any], num_tasks: int) -> _Cursor:
+        if sd.get("version") != _STATE_VERSION or len(sd["counts"]) != num_tasks:
+            raise MixtureError(f"cannot load sampler state (version {sd.get('version')}, {len(sd.get('counts', []))} "
+                               f"tasks) into a mixture of {num_tasks} tasks (state version {_STATE_VERSION}).")
+        return cls(int(sd["pass"]), int(sd["step"]), np.asarray(sd["counts"], np.int64), int(sd["pending"]),
+                   np.asarray(sd["observed"], np.int64), bool(sd["done"]), int(sd.get("truncated", 0)),
+                   int(sd.get("real_tokens", 0)), int(sd.get("slot_tokens", 0)))
+
+
+@dataclass
+class _Plan:
+    step: int
+    task_ids: np.ndarray
+    positions: np.ndarray
+    placements: np.ndarray | None = None  # [n, 4]: row, enc offset, dec offset, segment id (packed mode)
+
+
+class MixtureDataset(torch.utils.data.IterableDataset):
+    """A torch ``IterableDataset`` of ready batches (dicts of tensors, the contract's feature names and dtypes).
+
+    Args:
+        mixture: a :class:`Mixture` or a registry name.
+        split: data split of every task.
+        sequence_length: ``{"inputs": L_in, "targets": L_out}``.
+        batch_size: rows per batch *per rank*.
+        mixing: :class:`MixingConfig` or mapping (``None`` fields take the mixture's defaults).
+        pack: pack several examples per row (T5) or pad one example per row.
+        granularity: ``"example"`` (T5: each example's task drawn) or ``"batch"`` (MT-DNN: one task per batch).
+        epoch_mode: ``"continuous"`` (infinite; tasks reshuffled and repeated) or ``"all_seen"`` (a pass ends once every
+            task with a positive share has been seen completely once).
+        seed, rank, world_size: determinism and data-parallel sharding.
+        num_batches: stop after this many batches per rank; makes ``__len__`` true (recommended under Lightning).
+        log_every: log observed vs target shares every this many batches (0: never).
+    """
+
+    def __init__(self, mixture: Mixture | str, split: str = "train", sequence_length: Mapping[str, int] | None = None,
+                 batch_size: int = 8, mixing: MixingConfig | Mapping | None = None, pack: bool = True,
+                 granularity: str = "example", seed: int = 0, rank: int = 0, world_size: int = 1,
+                 epoch_mode: str = "continuous", num_batches: int | None = None, log_every: int = 0,
+                 validate: bool = True) -> None:
+        super().__init__()
+        if isinstance(mixture, str):
+            from .mixture import MixtureRegistry
+            mixture = MixtureRegistry.get(mixture)
+        if sequence_length is None or not {"inputs", "targets"} <= set(sequence_length):
+            raise MixtureError(f"sequence_length must be {{'inputs': int, 'targets': int}}, got {sequence_length!r}.")
+        self.sequence_length = {"inputs": int(sequence_length["inputs"]), "targets": int(sequence_length["targets"])}
+        if min(self.sequence_length.values()) <= 0:
+            raise MixtureError(f"sequence_length values must be positive, got {self.sequence_length}.")
+        if not (isinstance(batch_size, int) and batch_size > 0):
+            raise MixtureError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if granularity not in ("example", "batch"):
+            raise MixtureError(f"granularity={granularity!r}; valid: example, batch.")
+        if epoch_mode not in ("continuous", "all_seen"):
+            raise MixtureError(f"epoch_mode={epoch_mode!r}; valid: continuous, all_seen.")
+        if not (0 <= rank < world_size):
+            raise MixtureError(f"rank {rank} must be in [0, world_size={world_size}).")
+        if num_batches is not None and num_batches < 0:
+            raise MixtureError(f"num_batches must be non-negative or None, got {num_batches}.")
+        self.mixture, self.split, self.batch_size = mixture, split, batch_size
+        self.mixing = MixingConfig.from_dict(mixing)
+        self.pack, self.granularity, self.epoch_mode = pack, granularity, epoch_mode
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.num_batches, self.log_every = num_batches, log_every
+        if validate:
+            mixture.validate(split, self.mixing, self.sequence_length)
+        self.task_names = mixture.task_names
+        self._tasks = mixture.tasks
+        self._probs_at = mixture.rate_schedule(split, self.mixing)
+        start = self._probs_at(0)
+        end = self._probs_at(1 << 62)
+        self._active = (start > 0) | (end > 0)
+        self._sizes = np.array([_num_examples(t, split, self.sequence_length) for t in self._tasks], np.int64)
+        self._sources: dict[int, TaskSource] = {}
+        self._epoch = 0
+        self._cursor: _Cursor | None = None
+        self._last: _Cursor | None = None
+        self._lookahead: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+
+    # ------------------------------------------------------------------------------------------ public
+    def __len__(self) -> int:
+        if self.num_batches is None or self.epoch_mode == "all_seen":
+            raise TypeError("MixtureDataset has no length: the stream is infinite (pass num_batches=...) or ends when "
+                            "every task has been seen (epoch_mode='all_seen').")
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the pass (``all_seen`` epochs, or a new stream per epoch). Does not touch a loaded mid-pass state."""
+        if self._cursor is None or self._cursor.pass_ != epoch:
+            self._epoch = int(epoch)
+            if self._cursor is not None and self._cursor.pass_ != epoch:
+                self._cursor = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Cursor after the last batch this process/worker yielded (exact mid-epoch resume)."""
+        cur = self._cursor or self._fresh_cursor()
+        return {**cur.to_state(), "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in ("seed", "rank", "world_size"):
+            if key in state and state[key] != getattr(self, key):
+                raise MixtureError(f"sampler state was saved with {key}={state[key]} but this dataset has "
+                                   f"{key}={getattr(self, key)}; resume with the same seed and data-parallel layout.")
+        self._cursor = _Cursor.from_state(state, len(self._tasks))
+        self._epoch = self._cursor.pass_
+
+    def target_shares(self, step: int = 0) -> dict[str, float]:
+        return dict(zip(self.task_names, self._probs_at(step).tolist()))
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Observed share of each task (examples this rank/worker has planned) next to its target share."""
+        cur = self._cursor or self._last or self._fresh_cursor()
+        total = max(int(cur.observed.sum()), 1)
+        target = self._probs_at(cur.step)
+        return {n: {"target": float(target[i]), "observed": float(cur.observed[i] / total),
+                    "count": int(cur.observed[i])} for i, n in enumerate(self.task_names)}
+
+    def counters(self) -> dict[str, float]:
+        """Batches planned, examples truncated and packing efficiency (non-pad share of the batches this
+        process/worker built)."""
+        cur = self._cursor or self._last or self._fresh_cursor()
+        return {"batches": cur.step, "examples": int(cur.observed.sum()), "truncated": cur.truncated,
+                "packing_efficiency": cur.real_tokens / cur.slot_tokens if cur.slot_tokens else 0.0}
+
+    def draw_counts(self, num_examples: int) -> dict[str, int]:
+        """How many of the first ``num_examples`` planned examples of this rank each task gets (no tokens built
+        when padding; packing needs example lengths). Does not change this dataset's state."""
+        cur = self._fresh_cursor()
+        n = 0
+        for plan in self._plans(cur):
+            n += len(plan.task_ids)
+            if n >= num_examples:
+                break
+        return dict(zip(self.task_names, cur.observed.tolist()))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        nw, wid = (info.num_workers, info.id) if info is not None else (1, 0)
+        cursor = copy.deepcopy(self._cursor) if self._cursor is not None else self._fresh_cursor()
+        if cursor.done:  # a finished pass was loaded: start the next one
+            self._epoch = cursor.pass_ + 1
+            cursor = self._fresh_cursor()
+        for plan in self._plans(cursor):
+            if plan.step % nw == wid:
+                batch = self._materialize(plan, cursor)
+                self._cursor = copy.deepcopy(cursor)
+                if self.log_every and (plan.step + 1) % self.log_every == 0:
+                    self._log_stats()
+                yield batch
+        self._last = cursor  # for stats() after the stream ended
+        self._cursor = None
+        self._epoch = cursor.pass_ + 1 if self.epoch_mode == "all_seen" else self._epoch
+
+    def as_hf_iterable_dataset(self, names: str = "hf", unbatch: bool = True):
+        """This stream as a Hugging Face ``datasets.IterableDataset`` (see :mod:`mixtures.hf`)."""
+        from .hf import as_hf_iterable_dataset
+        return as_hf_iterable_dataset(self, names=names, unbatch=unbatch)
+
+    # ------------------------------------------------------------------------------------------ plan
+    def _fresh_cursor(self) -> _Cursor:
+        n = len(self._tasks)
+        return _Cursor(pass_=self._epoch, counts=np.zeros(n, np.int64), observed=np.zeros(n, np.int64))
+
+    def _source(self, t: int) -> TaskSource:
+        src = self._sources.get(t)
+        if src is None:
+            src = self._sources[t] = TaskSource(self._tasks[t], self.split, self.sequence_length)
+        return src
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, *key])))
+
+    def _draw(self, probs: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+        cdf = np.cumsum(probs)
+        idx = np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right")
+        return np.minimum(idx, len(probs) - 1)
+
+    def _all_seen(self, cur: _Cursor) -> bool:
+        if self.pack:  # rank's shard of each task's first epoch: positions p < n with p ≡ rank (mod W)
+            need = (self._sizes - self.rank + self.world_size - 1) // self.world_size
+        else:
+            need = self._sizes
+        return bool(np.all((cur.counts >= need) | ~self._active))
+
+    def _plans(self, cur: _Cursor) -> Iterator[_Plan]:
+        """Yield the plan of each batch, advancing ``cur`` in place (cheap: no tokens touched when padding)."""
+        while not cur.done and (self.num_batches is None or cur.step < self.num_batches):
+            plan = self._plan_padded(cur) if not self.pack else self._plan_packed(cur)
+            np.add.at(cur.observed, plan.task_ids, 1)
+            cur.step += 1
+            if self.epoch_mode == "all_seen" and self._all_seen(cur):
+                cur.done = True
+            yield plan
+
+    def _plan_padded(self, cur: _Cursor) -> _Plan:
+        g = self.world_size * self.batch_size
+        probs = self._probs_at(cur.step)
+        if self.granularity == "batch":
+            t = int(self._draw(probs, self._rng(_TAG_BATCH, cur.pass_, cur.step), 1)[0])
+            tasks = np.full(g, t, np.int64)
+            pos = cur.counts[t] + np.arange(g)
+        else:
+            tasks = self._draw(probs, self._rng(_TAG_PADDED, cur.pass_, cur.step), g).astype(np.int64)
+            order = np.argsort(tasks, kind="stable")
+            sorted_t = tasks[order]
+            first = np.searchsorted(sorted_t, sorted_t, side="left")
+            occ = np.empty(g, np.int64)
+            occ[order] = np.arange(g) - first
+            pos = cur.counts[tasks] + occ
+        cur.counts += np.bincount(tasks, minlength=len(cur.counts))
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        return _Plan(cur.step, tasks[lo:hi], pos[lo:hi])
+
+    def _lengths(self, t: int, position: int, cur: _Cursor) -> tuple[int, int]:
+        """Final (post-finalize, truncated) lengths of the example at task-stream ``position``."""
+        src = self._source(t)
+        if src.supervised:  # finalize is the identity (contract): lengths come from the cached arrays
+            row, _ = src.row(self.seed, cur.pass_, position)
+            li, lt = int(src.lengths["inputs"][row]), int(src.lengths["targets"][row])
+        else:  # random objective: lengths are known only after finalize; finalize a chunk ahead, keep it
+            cache = self._lookahead.setdefault(t, {})
+            if position not in cache:
+                stride = self.world_size if self.pack else 1
+                ahead = position + stride * np.arange(32)
+                rows, ek = src.rows(self.seed, cur.pass_, ahead)
+                xs, ys = src.fetch(rows, ek, self.seed, self.sequence_length)
+                cache.clear()
+                cache.update({int(p): (x, y) for p, x, y in zip(ahead, xs, ys)})
+            x, y = cache[position]
+            li, lt = len(x), len(y)
+        return min(li, self.sequence_length["inputs"]), min(lt, self.sequence_length["targets"])
+
+    def _plan_packed(self, cur: _Cursor) -> _Plan:
+        W, r = self.world_size, self.rank
+        packer = FirstFitPacker(self.batch_size, self.sequence_length["inputs"], self.sequence_length["targets"], True)
+        probs = self._probs_at(cur.step)
+        tasks, positions, places = [], [], []
+        if self.granularity == "batch":
+            fixed = int(self._draw(probs, self._rng(_TAG_BATCH, cur.pass_, cur.step), 1)[0])
+            draws: Iterator[int] = itertools.repeat(fixed)
+        else:
+            draws = self._draw_stream(probs, cur)
+        while True:
+            if cur.pending >= 0 and self.granularity == "example":
+                t, cur.pending = cur.pending, -1
+            else:
+                t = next(draws)
+            p = int(cur.counts[t]) * W + r
+            place = packer.add(*self._lengths(t, p, cur))
+            if place is None:
+                if self.granularity == "example":
+                    cur.pending = t
+                break
+            cur.counts[t] += 1
+            tasks.append(t)
+            positions.append(p)
+            places.append(place)
+            if self.epoch_mode == "all_seen" and self._all_seen(cur):
+                break
+        return _Plan(cur.step, np.array(tasks, np.int64), np.array(positions, np.int64),
+                     np.array(places, np.int64).reshape(-1, 4))
+
+    def _draw_stream(self, probs: np.ndarray, cur: _Cursor) -> Iterator[int]:
+        chunk, k = 4 * self.batch_size, 0
+        while True:
+            yield from self._draw(probs, self._rng(_TAG_PACKED, cur.pass_, self.rank, cur.step, k), chunk).tolist()
+            k += 1
+
+    # ----------------------------------------------------------------------------------- materialize
+    def _materialize(self, plan: _Plan, cur: _Cursor) -> dict[str, torch.Tensor]:
+        n = len(plan.task_ids)
+        inputs: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+        targets: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+        groups: dict[int, list[int]] = {}
+        # supervised tasks: finalize is the identity, so gather rows one by one (constant cost per example, no
+        # per-task overhead: the cost per example stays flat with 1,000 tasks)
+        for i, (t, p) in enumerate(zip(plan.task_ids.tolist(), plan.positions.tolist())):
+            src = self._source(t)
+            if src.supervised:
+                inputs[i], targets[i] = src.get(src.row(self.seed, cur.pass_, p)[0])
+            else:
+                groups.setdefault(t, []).append(i)
+        for t, sel in groups.items():  # random objectives: one finalize call per task with per-example seeds
+            src = self._source(t)
+            cache = self._lookahead.get(t, {})
+            pos = plan.positions[sel]
+            if cache and all(int(q) in cache for q in pos):
+                pairs = [cache[int(q)] for q in pos]
+                xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
+            else:
+                rows, ek = src.rows(self.seed, cur.pass_, pos)
+                xs, ys = src.fetch(rows, ek, self.seed, self.sequence_length)
+            for j, i in enumerate(sel):
+                inputs[i], targets[i] = xs[j], ys[j]
+        L_in, L_t = self.sequence_length["inputs"], self.sequence_length["targets"]
+        cut = sum(1 for x, y in zip(inputs, targets) if len(x) > L_in or len(y) > L_t)
+        if cut:
+            cur.truncated += cut
+            inputs = [x[:L_in] for x in inputs]
+            targets = [y[:L_t] for y in targets]
+        if plan.placements is not None:
+            pl = plan.placements
+            rows, eo, do, seg = pl[:, 0], pl[:, 1], pl[:, 2], pl[:, 3]
+        else:
+            rows, eo, do, seg = np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, np.int64)
+        arrays = assemble(inputs, targets, rows, eo, do, seg, plan.task_ids, self.batch_size, L_in, L_t)
+        cur.real_tokens += int(sum(map(len, inputs)) + sum(map(len, targets)))
+        cur.slot_tokens += self.batch_size * (L_in + L_t)
+        return to_torch(arrays)
+
+    def _log_stats(self) -> None:
+        st = self.stats()
+        parts = ", ".join(f"{n} {s['observed']:.3f}/{s['target']:.3f}" for n, s in st.items())
+        c = self.counters()
+        log.info("mixture %s rank %d: observed/target shares: %s; packing efficiency %.3f, %d truncated",
+                 self.mixture.name, self.rank, parts, c["packing_efficiency"], c["truncated"])
