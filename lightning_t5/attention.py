@@ -1,0 +1,136 @@
+"""T5 attention: relative position buckets, packed/padded masks folded into one additive bias, SDPA.
+
+The relative bias and the mask are combined once per stack into a float tensor [B or 1, H, Lq, Lk] in the
+activation dtype and shared by every layer (T5 computes the bias only in layer 0). Keeping it in the activation
+dtype, contiguous, with the key dimension padded to a multiple of 8 in storage lets CUDA pick the memory-efficient
+SDPA kernel (flash attention cannot take an additive bias).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import T5Config
+
+
+def relative_position_bucket(relative_position: torch.Tensor, *, bidirectional: bool, num_buckets: int = 32,
+                             max_distance: int = 128) -> torch.Tensor:
+    """Mesh-TensorFlow's bucketing of (key position - query position): exact for small distances, log-spaced up to
+    `max_distance`, one bucket beyond. The decoder (causal) uses all buckets for non-positive distances."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = (relative_position > 0).to(relative_position.dtype) * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp_min(0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    large = max_exact + (
+        torch.log(distance.clamp_min(1).float() / max_exact) / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).to(relative_position.dtype)
+    large = large.clamp_max(num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+def position_bias(embedding: nn.Embedding, q_pos: torch.Tensor, k_pos: torch.Tensor, *, bidirectional: bool,
+                  cfg: T5Config) -> torch.Tensor:
+    """Bias [B|1, H, Lq, Lk] from positions [B|1, Lq] and [B|1, Lk] (per-segment positions when packed)."""
+    rel = k_pos[:, None, :].long() - q_pos[:, :, None].long()
+    buckets = relative_position_bucket(rel, bidirectional=bidirectional,
+                                       num_buckets=cfg.relative_attention_num_buckets,
+                                       max_distance=cfg.relative_attention_max_distance)
+    return embedding(buckets).permute(0, 3, 1, 2)
+
+
+def combine_bias_and_mask(bias: torch.Tensor | None, keep: torch.Tensor | None,
+                          dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive attention mask: `bias` where `keep`, the dtype's minimum elsewhere (never -inf: a query whose keys
+    are all masked, e.g. padding in a packed row, then gets uniform weights instead of NaN).
+
+    `keep` is a bool tensor broadcastable to [B, 1, Lq, Lk]. On CUDA the result's key dimension is padded to a
+    multiple of 8 in storage (then sliced) so the memory-efficient kernel accepts it without a copy.
+    """
+    if bias is None and keep is None:
+        return None
+    if bias is None:
+        bias = torch.zeros((1, 1, 1, 1), dtype=dtype, device=keep.device)  # heads broadcast in SDPA
+    bias = bias.to(dtype)
+    if keep is None:
+        return bias
+    masked = torch.where(keep, bias, torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=bias.device))
+    lk = masked.shape[-1]
+    if masked.is_cuda and lk % 8:
+        padded = torch.empty((*masked.shape[:-1], lk + (-lk) % 8), dtype=dtype, device=masked.device)[..., :lk]
+        masked = padded.copy_(masked)
+    return masked
+
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Cast an activation once to the autocast dtype when it feeds several matmuls (q/k/v, wi_0/wi_1, every
+    cross-attention layer): autocast would otherwise cast the same fp32 tensor again for each of them."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        if x.dtype != dtype and x.is_floating_point():
+            return x.to(dtype)
+    return x
+
+
+class T5Attention(nn.Module):
+    """Multi-head attention without logit scaling; parameter names follow HF (`q`, `k`, `v`, `o`,
+    `relative_attention_bias` in the first layer of each stack)."""
+
+    def __init__(self, cfg: T5Config, has_relative_attention_bias: bool = False) -> None:
+        super().__init__()
+        self.n_heads = cfg.num_heads
+        self.d_kv = cfg.d_kv
+        self.dropout = cfg.dropout_rate
+        self.eager = cfg.attention == "eager"
+        inner = cfg.inner_dim
+        self.q = nn.Linear(cfg.d_model, inner, bias=False)
+        self.k = nn.Linear(cfg.d_model, inner, bias=False)
+        self.v = nn.Linear(cfg.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, cfg.d_model, bias=False)
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        return x.view(b, length, self.n_heads, self.d_kv).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None, key_value_states: torch.Tensor | None = None,
+                past: KVCache | None = None, static_past: bool = False) -> tuple[torch.Tensor, KVCache]:
+        """`key_value_states`: encoder output for cross-attention. `past`: cached (K, V) - appended to for
+        self-attention, reused as-is when `static_past` (cross-attention during generation)."""
+        b, length, _ = hidden.shape
+        hidden = to_autocast_dtype(hidden)
+        q = self._heads(self.q(hidden))
+        if past is not None and static_past:
+            k, v = past
+        else:
+            source = hidden if key_value_states is None else key_value_states
+            k, v = self._heads(self.k(source)), self._heads(self.v(source))
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        p = self.dropout if self.training else 0.0
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        if self.eager:
+            scores = torch.matmul(q, k.transpose(-1, -2))
+            if mask is not None:
+                scores = scores + mask
+            weights = F.dropout(torch.softmax(scores.float(), dim=-1).to(q.dtype), p=p, training=self.training)
+            out = torch.matmul(weights, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
+        out = out.transpose(1, 2).reshape(b, length, self.n_heads * self.d_kv)
+        return self.o(out), (k, v)

@@ -1,0 +1,203 @@
+"""Training callbacks: per-step log and throughput, progress bar, exact-resume RNG state, step checkpoints.
+
+- `TrainLog` counts effective (non-pad) tokens, measures tokens/s and appends one JSON line per optimizer step to
+  `run_dir/train_log.jsonl` (step, loss, lr, tokens): the record the resume and DDP tests compare step for step.
+  Its token count is part of the checkpoint, so a resumed run keeps counting.
+- `TrainProgressBar` shows step/max_steps, loss, tokens/s and ETA (tqdm), on rank 0 only.
+- `RngState` saves each rank's torch (and CUDA) generator state in the checkpoint and restores it just before the
+  first resumed training step, so dropout masks after a resume equal those of an uninterrupted run.
+- `StepCheckpoint` is a `ModelCheckpoint` that keeps `last.ckpt` plus one file every N steps, and also saves at
+  `max_steps` when that is not a multiple of N (so a finished run can always be resumed or exported).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
+
+__all__ = ["TrainLog", "TrainProgressBar", "RngState", "StepCheckpoint", "count_tokens"]
+
+
+def count_tokens(batch: Mapping[str, torch.Tensor]) -> int:
+    """Effective tokens of a batch: non-pad encoder inputs plus real (weighted) decoder targets."""
+    n = 0
+    if "encoder_input_tokens" in batch:
+        n += int((batch["encoder_input_tokens"] != 0).sum())
+    if "decoder_loss_weights" in batch:
+        n += int((batch["decoder_loss_weights"] > 0).sum())
+    elif "decoder_target_tokens" in batch:
+        n += int((batch["decoder_target_tokens"] != 0).sum())
+    return n
+
+
+class TrainLog(Callback):
+    """Token counting, tokens/s and the per-step JSON-lines log (`path`; written by global rank 0)."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.tokens = 0  # effective tokens over all ranks since the start of the run (restored on resume)
+        self.tokens_per_s = 0.0
+        self.last_loss = float("nan")
+        self._window_tokens = 0
+        self._window_start = 0.0
+        self._step_tokens = 0
+        self._fh: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tokens": int(self.tokens)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.tokens = int(state.get("tokens", 0))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._window_start = time.perf_counter()
+        self._window_tokens = 0
+        if self.path is not None and trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        n = count_tokens(batch) * trainer.world_size  # ranks hold batches of the same shape; this is an estimate
+        self._step_tokens += n
+        # accumulation: log once per optimizer step
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
+            return
+        self.tokens += self._step_tokens
+        self._window_tokens += self._step_tokens
+        self._step_tokens = 0
+        elapsed = time.perf_counter() - self._window_start
+        if elapsed > 0:
+            self.tokens_per_s = self._window_tokens / elapsed
+        if elapsed > 30:  # a sliding-ish window keeps the figure current
+            self._window_start, self._window_tokens = time.perf_counter(), 0
+        loss = getattr(pl_module, "last_train_loss", None)
+        self.last_loss = float(loss) if loss is not None else float("nan")
+        step = trainer.global_step
+        if step % max(1, trainer.log_every_n_steps) == 0:
+            pl_module.log("train/tokens_per_s", self.tokens_per_s, on_step=True, on_epoch=False, batch_size=1,
+                          rank_zero_only=True)
+        if self._fh is not None:
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+            self._fh.write(json.dumps({"step": step, "loss": self.last_loss, "lr": float(lr), "tokens": self.tokens,
+                                       "time": time.time()}) + "\n")
+            self._fh.flush()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class TrainProgressBar(ProgressBar):
+    """One tqdm bar over optimizer steps with loss, tokens/s and tqdm's ETA (rank 0; validation is not shown)."""
+
+    def __init__(self, log: TrainLog) -> None:
+        super().__init__()
+        self.train_log = log
+        self._enabled = True
+        self._bar: Any = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from tqdm.auto import tqdm
+
+        if self._enabled and trainer.is_global_zero:
+            self._bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="train", unit="step",
+                             dynamic_ncols=True, smoothing=0.1)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(trainer.global_step - self._bar.n)
+        self._bar.set_postfix(loss=f"{self.train_log.last_loss:.3f}", tok_s=f"{self.train_log.tokens_per_s:,.0f}", refresh=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class RngState(Callback):
+    """Saves every rank's torch/CUDA RNG state; restores it right before the first training step after a resume.
+
+    Restoring in `on_train_batch_start` rather than at load time matters: between loading and the first step
+    Lightning creates the dataloader iterator, which draws from the global generator (its base seed).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    @staticmethod
+    def _local_state() -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        local = self._local_state()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, local)
+            return {"ranks": gathered}
+        return {"ranks": [local]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._pending = dict(state)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+                             ) -> None:
+        if self._pending is None:
+            return
+        ranks = self._pending.get("ranks", [])
+        self._pending = None
+        if trainer.global_rank >= len(ranks):
+            return  # resumed on more ranks than saved: keep the seeded state
+        local = ranks[trainer.global_rank]
+        torch.set_rng_state(local["torch"].cpu())
+        if "cuda" in local and torch.cuda.is_available():
+            torch.cuda.set_rng_state(local["cuda"].cpu())
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`last.ckpt` (overwritten) plus `step=NNNNNN.ckpt` every `every_n_steps` steps; keeps the newest `keep`
+    step files (-1: all). Also writes the final step. Writes go through the Trainer's (atomic) CheckpointIO."""
+
+    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int, keep: int = -1) -> None:
+        super().__init__(
+            dirpath=dirpath, filename="step{step:06d}", auto_insert_metric_name=False,
+            every_n_train_steps=every_n_steps, save_last=True, save_top_k=keep if keep >= 0 else -1,
+            monitor="step" if keep >= 0 else None, mode="max", enable_version_counter=False,
+            save_on_train_epoch_end=False,
+        )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+                and self._last_global_step_saved != trainer.global_step
+                and not self._should_skip_saving_checkpoint(trainer)):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)

@@ -1,0 +1,150 @@
+"""LightningDataModule over a task mixture: mixed training batches and per-task evaluation sets.
+
+Resume pitfalls this module is shaped around (REFERENCE.md):
+- Training batches come from `mixtures.MixtureDataset` (one instance per rank, sharded by rank/world size from the
+  Trainer), wrapped in `torchdata.stateful_dataloader.StatefulDataLoader(batch_size=None)`: Lightning stores the
+  loader's `state_dict()` (which embeds the dataset's) in every checkpoint, and restores it on resume.
+- The wrapped stream reports a `__len__` (the run's total number of batches). Without a length Lightning prefetches
+  one batch to detect the end of the epoch and the saved loader state would count that unconsumed batch, resuming
+  one batch late.
+- The Trainer must be built with `use_distributed_sampler=False`: sharding is the dataset's job, and Lightning's
+  DistributedSamplerWrapper neither applies to an IterableDataset nor resumes in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_t5.evaluation import TaskEvaluator, collate_eval
+
+__all__ = ["MixtureDataModule", "SizedStream"]
+
+
+class SizedStream(IterableDataset):
+    """An iterable dataset with a declared length and pass-through `state_dict`/`load_state_dict`.
+
+    The length is what Lightning needs to avoid prefetching (see the module docstring); the stream itself may be
+    infinite, the run stops at `trainer.max_steps`.
+    """
+
+    def __init__(self, dataset: Any, length: int) -> None:
+        self.dataset = dataset
+        self.length = int(length)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.dataset)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+
+
+class MixtureDataModule(pl.LightningDataModule):
+    """Training batches from a mixture, evaluation sets from its (or the configured) supervised tasks.
+
+    Args are plain config sections (dicts or DictConfigs): `data` (sequence_length, batch_size, pack, granularity,
+    num_workers), `mixing` (MixingConfig fields), `eval` (tasks, split, max_examples, batch_size,
+    rank_classification). `total_batches` is the number of loader batches the run consumes
+    (max_steps * accumulate_grad_batches).
+    """
+
+    def __init__(self, mixture: str | Any, data: Mapping[str, Any], mixing: Mapping[str, Any],
+                 eval: Mapping[str, Any] | None = None, seed: int = 0, total_batches: int = 1,
+                 pin_memory: bool = False) -> None:
+        super().__init__()
+        from mixtures import MixtureRegistry
+
+        self.mixture = MixtureRegistry.get(mixture) if isinstance(mixture, str) else mixture
+        self.data_cfg = dict(data)
+        self.mixing_cfg = dict(mixing)
+        self.eval_cfg = dict(eval or {})
+        self.seed = int(seed)
+        self.total_batches = int(total_batches)
+        self.pin_memory = bool(pin_memory)
+        self.train_dataset: Any = None
+        self.evaluators: list[TaskEvaluator] = []
+        self._eval_built = False
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.mixture.task_names)
+
+    @property
+    def sequence_length(self) -> dict[str, int]:
+        seq = self.data_cfg["sequence_length"]
+        return {"inputs": int(seq["inputs"]), "targets": int(seq["targets"])}
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def eval_tasks(self) -> list[Any]:
+        """The configured eval tasks, or the mixture's supervised tasks (corpus tasks have nothing to score)."""
+        from tasks import TaskRegistry
+
+        names = self.eval_cfg.get("tasks")
+        if names:
+            return [TaskRegistry.get(n) for n in names]
+        return [t for t in self.mixture.tasks if getattr(t, "supervised", True)]
+
+    def make_train_dataset(self, rank: int = 0, world_size: int = 1) -> Any:
+        from mixtures import MixingConfig, MixtureDataset
+
+        mixing = {k: v for k, v in self.mixing_cfg.items() if v is not None or k == "max_examples"}
+        return MixtureDataset(
+            self.mixture, split="train", sequence_length=self.sequence_length,
+            batch_size=int(self.data_cfg["batch_size"]), mixing=MixingConfig(**mixing),
+            pack=bool(self.data_cfg.get("pack", True)), granularity=str(self.data_cfg.get("granularity", "example")),
+            seed=self.seed, rank=rank, world_size=world_size,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = self._rank_world()
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self.make_train_dataset(rank, world)
+        if not self._eval_built:
+            max_in = self.sequence_length["inputs"]
+            self.evaluators = [
+                TaskEvaluator(task, split=self.eval_cfg.get("split", "validation"),
+                              max_examples=self.eval_cfg.get("max_examples"), max_input_length=max_in,
+                              rank_classification=bool(self.eval_cfg.get("rank_classification", False)))
+                for task in self.eval_tasks()
+            ]
+            self._eval_built = True
+
+    # ------------------------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> Any:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        workers = int(self.data_cfg.get("num_workers", 0))
+        return StatefulDataLoader(
+            SizedStream(self.train_dataset, self.total_batches), batch_size=None, num_workers=workers,
+            pin_memory=self.pin_memory, persistent_workers=False,
+            **({"prefetch_factor": 2} if workers > 0 else {}),
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        rank, world = self._rank_world()
+        return [
+            DataLoader(ev.dataset(rank, world), batch_size=int(self.eval_cfg.get("batch_size", 64)), shuffle=False,
+                       collate_fn=collate_eval, pin_memory=self.pin_memory)
+            for ev in self.evaluators
+        ]
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, Mapping):
+            return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+

@@ -1,0 +1,359 @@
+"""Results of an experiment: one row per strategy (or mixing rate), a column per task metric and per benchmark
+average, the compute each row used, and the T5 paper's numbers beside ours where the benchmark matches.
+
+Scoring follows the paper (Section 2.7 / 3.1.4): a task's score is the mean of its metrics (e.g. MRPC's F1 and
+accuracy, STS-B's Pearson and Spearman), a benchmark average (GLUE, SGLUE) is the mean of its tasks' scores.
+Our averages are over the tasks the experiment ran, so they match the paper's benchmark only when every task of
+the benchmark is in the experiment; the table says over how many tasks each average is taken.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from .paper import PAPER_CITATION, PAPER_COLUMNS, TABLE_11, TABLE_12, paper_row
+from .plan import ExperimentPlan
+
+# Full benchmark sizes (tasks that enter the paper's average) to say whether our average covers the benchmark.
+BENCHMARK_TASK_COUNTS = {"glue": 8, "super_glue": 8}
+BENCHMARK_NAMES = {"glue": "GLUE", "super_glue": "SGLUE", "overall": "overall"}
+_NOT_SCORES = ("loss", "num_examples", "examples", "n")
+
+
+def _is_score(metric: str) -> bool:
+    return not (metric in _NOT_SCORES or metric.endswith("_loss") or metric.startswith("num_"))
+
+
+def _mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def task_score(metrics: Mapping[str, float], rank: bool = False) -> float | None:
+    """The paper's per-task score: mean of the task's metrics (all on 0-100).
+
+    `rank=False` uses the generation metrics (what the paper reports); `rank=True` the rank-classification ones
+    (`rank_*`: each label string scored by likelihood), which separate small models that do not yet generate
+    valid labels."""
+    return _mean([float(v) for k, v in metrics.items()
+                  if _is_score(k) and k.startswith("rank_") == rank and isinstance(v, (int, float))])
+
+
+def _averages(tasks: list[str], scores: Mapping[str, float | None], benchmarks: Mapping[str, str | None]
+              ) -> tuple[dict[str, float | None], dict[str, int]]:
+    averages: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    for bench in ("glue", "super_glue"):
+        members = [t for t in tasks if benchmarks.get(t) == bench]
+        if members:
+            averages[bench] = _mean([scores.get(t) for t in members])
+            counts[bench] = len(members)
+    averages["overall"] = _mean([scores.get(t) for t in tasks])
+    counts["overall"] = len(tasks)
+    return averages, counts
+
+
+def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, Any]],
+                  benchmarks: Mapping[str, str | None], include_paper: bool = True) -> dict[str, Any]:
+    """Assemble the results dict (what results.json holds) from each stage's `fit` result."""
+    tasks = list(plan.tasks)
+    metric_names: dict[str, list[str]] = {t: [] for t in tasks}
+    rows = []
+    for row in plan.rows:
+        metrics: dict[str, dict[str, float]] = {}
+        for task, stage_name in row.eval_stage.items():
+            res = stage_results.get(stage_name) or {}
+            m = (res.get("metrics") or {}).get(task)
+            if m:
+                metrics[task] = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+                for k in metrics[task]:
+                    if _is_score(k) and k not in metric_names[task]:
+                        metric_names[task].append(k)
+        scores = {t: task_score(m) for t, m in metrics.items()}
+        rank_scores = {t: task_score(m, rank=True) for t, m in metrics.items()}
+        averages, counts = _averages(tasks, scores, benchmarks)
+        rank_averages, _ = _averages(tasks, rank_scores, benchmarks)
+        done = [s for s in row.stages if s in stage_results]
+        compute = {
+            "steps": sum(int(stage_results[s].get("steps") or 0) for s in done),
+            "tokens": sum(int(stage_results[s].get("tokens") or 0) for s in done),
+            "wall_time_s": round(sum(float(stage_results[s].get("wall_time_s") or 0.0) for s in done), 3),
+            "stages": len(row.stages),
+            "stages_finished": len(done),
+        }
+        rows.append({
+            "key": row.key,
+            "label": row.label,
+            "status": ("done" if len(metrics) == len(row.eval_stage) else "incomplete" if done else "not run"),
+            "metrics": metrics,
+            "task_scores": scores,
+            "averages": averages,
+            "rank_averages": rank_averages if any(v is not None for v in rank_averages.values()) else {},
+            "average_task_counts": counts,
+            "compute": compute,
+            "budget_steps_per_task": {t: plan.path_steps(s) for t, s in row.eval_stage.items()},
+            "paper": dict(paper_row(plan.kind, row.key)) if include_paper else {},
+        })
+    out = {
+        "experiment": plan.name,
+        "kind": plan.kind,
+        "description": plan.description,
+        "tasks": tasks,
+        "corpus_task": plan.corpus_task,
+        "benchmarks": {t: benchmarks.get(t) for t in tasks},
+        "pretrain_steps": plan.pretrain_steps,
+        "finetune_steps": plan.finetune_steps,
+        "metric_columns": [[t, m] for t in tasks for m in metric_names[t]],
+        "rows": rows,
+        "paper_citation": PAPER_CITATION if include_paper else None,
+    }
+    finished = [s for s in plan.stages if s.name in stage_results]
+    out["totals"] = {  # distinct stages: what the experiment really cost (shared stages counted once)
+        "stages": len(plan.stages),
+        "stages_finished": len(finished),
+        "steps": sum(int(stage_results[s.name].get("steps") or 0) for s in finished),
+        "tokens": sum(int(stage_results[s.name].get("tokens") or 0) for s in finished),
+        "wall_time_s": round(sum(float(stage_results[s.name].get("wall_time_s") or 0.0) for s in finished), 3),
+    }
+    out["ordering"] = compare_ordering(out) if include_paper else None
+    return out
+
+
+def _ranking_key(results: Mapping[str, Any]) -> str:
+    """Which average ranks rows against the paper: GLUE when our tasks include GLUE ones, else SGLUE/overall."""
+    for bench in ("glue", "super_glue"):
+        if any(b == bench for b in results["benchmarks"].values()):
+            return bench
+    return "overall"
+
+
+def compare_ordering(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Does our ranking of the rows agree with the paper's? Compared on the rows that both have a number for.
+
+    Returns {"metric", "ours": [keys best first], "paper": [...], "matches": bool | None, "pairs_agreeing":
+    "a/b", "note"}; `matches` is None when fewer than two rows can be compared.
+    """
+    ours_key = _ranking_key(results)
+    paper_key = ours_key if ours_key != "overall" else "glue"
+    field = "averages"
+    gen = {r["averages"].get(ours_key) for r in results["rows"] if r["averages"].get(ours_key) is not None}
+    if len(gen) <= 1 and any(r.get("rank_averages", {}).get(ours_key) is not None for r in results["rows"]):
+        field = "rank_averages"  # e.g. tiny models that generate no valid label yet: rank classification decides
+    both = [r for r in results["rows"]
+            if r[field].get(ours_key) is not None and r["paper"].get(paper_key) is not None]
+    ours = [r["key"] for r in sorted(both, key=lambda r: -r[field][ours_key])]
+    paper = [r["key"] for r in sorted(both, key=lambda r: -r["paper"][paper_key])]
+    if len(both) < 2:
+        return {"metric": ours_key, "scores": field, "ours": ours, "paper": paper, "matches": None,
+                "pairs_agreeing": None,
+                "note": "fewer than two rows have both our score and the paper's: ordering not compared."}
+    score = {r["key"]: r[field][ours_key] for r in both}
+    pairs = [(a, b) for i, a in enumerate(paper) for b in paper[i + 1:]]  # a ranks above b in the paper
+    agree = sum(score[a] - score[b] > 1e-9 for a, b in pairs)
+    tied = sum(abs(score[a] - score[b]) <= 1e-9 for a, b in pairs)
+    label = {r["key"]: r["label"] for r in results["rows"]}
+    matches = agree == len(pairs)
+    subset = ""
+    n = sum(1 for b in results["benchmarks"].values() if b == ours_key)
+    full = BENCHMARK_TASK_COUNTS.get(ours_key)
+    if ours_key == "overall" or (full and n < full):
+        subset = (f" Our {BENCHMARK_NAMES[ours_key]} average covers {n if ours_key != 'overall' else len(results['tasks'])}"
+                  f" task(s), not the paper's full benchmark, so this is a rough check.")
+    note = (("Our ordering matches the paper's" if matches else "Our ordering differs from the paper's")
+            + f" ({agree}/{len(pairs)} pairs in the paper's order" + (f", {tied} tied" if tied else "")
+            + f", by {BENCHMARK_NAMES[ours_key]} average"
+            + (" of rank-classification scores, as generation scores do not separate the rows" if field != "averages"
+               else "") + "). Paper: "
+            + " > ".join(label[k] for k in paper) + ". Ours: " + " > ".join(label[k] for k in ours) + "." + subset)
+    return {"metric": ours_key, "scores": field, "ours": ours, "paper": paper, "matches": matches,
+            "pairs_agreeing": f"{agree}/{len(pairs)}", "pairs_tied": tied, "note": note}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _fmt_int(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _columns(results: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """(header, kind, key) of every table column after the row label."""
+    cols: list[tuple[str, str, Any]] = [(f"{t} {m}", "metric", (t, m)) for t, m in results["metric_columns"]]
+    benches = [b for b in ("glue", "super_glue") if any(v == b for v in results["benchmarks"].values())]
+    for b in benches + ["overall"]:
+        cols.append((f"{BENCHMARK_NAMES[b]} avg", "average", b))
+    if any(r.get("rank_averages") for r in results["rows"]):
+        for b in benches + ["overall"]:
+            cols.append((f"{BENCHMARK_NAMES[b]} avg (rank)", "rank_average", b))
+    if results.get("paper_citation"):
+        matching = paper_columns_for(results["tasks"], results["benchmarks"])
+        present = [k for k in PAPER_COLUMNS if k in matching and any(k in r["paper"] for r in results["rows"])]
+        for k in present:
+            cols.append((f"paper {PAPER_COLUMNS[k]}", "paper", k))
+    cols += [("steps", "compute", "steps"), ("tokens", "compute", "tokens"), ("wall time (s)", "compute", "wall_time_s")]
+    return cols
+
+
+def paper_columns_for(tasks: list[str], benchmarks: Mapping[str, str | None]) -> set[str]:
+    """The paper's columns that our tasks speak to (GLUE if we ran a GLUE task, SQuAD if we ran SQuAD, ...)."""
+    cols = {b for b in benchmarks.values() if b in PAPER_COLUMNS}
+    for t in tasks:
+        name = t.lower()
+        if "squad" in name:
+            cols.add("squad")
+        if "cnn" in name or "dailymail" in name:
+            cols.add("cnndm")
+        for pair in ("ende", "enfr", "enro"):
+            if f"en_{pair[2:]}" in name or pair in name.replace("_", ""):
+                cols.add(pair)
+    return cols
+
+
+def _cell(row: Mapping[str, Any], kind: str, key: Any, human: bool) -> Any:
+    if kind == "metric":
+        return (row["metrics"].get(key[0]) or {}).get(key[1])
+    if kind == "average":
+        return row["averages"].get(key)
+    if kind == "rank_average":
+        return (row.get("rank_averages") or {}).get(key)
+    if kind == "paper":
+        return row["paper"].get(key)
+    v = row["compute"].get(key)
+    if human and key == "tokens" and v:
+        return _fmt_int(int(v))
+    if human and key == "wall_time_s" and v is not None:
+        return f"{v:.0f}"
+    return v
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The results table in Markdown, with the budget, the paper comparison note and the citation."""
+    kind = "Training strategies (T5 Table 12)" if results["kind"] == "strategies" else "Mixing strategies (T5 Table 11)"
+    lines = [f"# {results['experiment']}: {kind}", ""]
+    if results.get("description"):
+        lines += [results["description"], ""]
+    n, m = results["pretrain_steps"], results["finetune_steps"]
+    corpus = f"; corpus task: {results['corpus_task']}" if results.get("corpus_task") else ""
+    lines += [f"Tasks: {', '.join(results['tasks'])}{corpus}.", ""]
+    if results["kind"] == "strategies":
+        budget = (f"Budget: N = {n} pre-training steps + M = {m} fine-tuning steps per task (every row trains "
+                  f"N + M = {n + m} steps from scratch to each evaluated model).")
+    else:
+        budget = (f"Budget: each rate trains one multi-task model for N + M = {n} + {m} = {n + m} steps "
+                  "(the baseline row, when present: N pre-training + M fine-tuning steps per task).")
+    lines += [budget + " Scores are on the validation splits, 0-100; a benchmark average is the mean of its "
+              "tasks' scores (a task's score: mean of its metrics).", ""]
+    cols = _columns(results)
+    lines.append("| " + " | ".join(["row"] + [c[0] for c in cols]) + " |")
+    lines.append("|" + "---|" + "".join("---:|" for _ in cols))
+    for row in results["rows"]:
+        label = row["label"] + ("" if row["status"] == "done" else f" ({row['status']})")
+        cells = [_fmt(_cell(row, k, key, True)) for _, k, key in cols]
+        lines.append("| " + " | ".join([label] + cells) + " |")
+    lines.append("")
+    rated = [r for r in results["rows"] if r.get("mixing_rates")]
+    if rated:
+        mix_tasks = list(dict.fromkeys(t for r in rated for t in r["mixing_rates"]))
+        lines += ["Share of training examples per task (the mixing rates each multi-task model was trained with):", "",
+                  "| row | " + " | ".join(mix_tasks) + " |", "|---|" + "---:|" * len(mix_tasks)]
+        for r in rated:
+            lines.append(f"| {r['label']} | " + " | ".join(f"{100 * r['mixing_rates'].get(t, 0.0):.1f}%"
+                                                           for t in mix_tasks) + " |")
+        lines.append("")
+    counts = results["rows"][0]["average_task_counts"] if results["rows"] else {}
+    parts = [f"{BENCHMARK_NAMES[b]} avg over {c} task(s)" for b, c in counts.items()]
+    if parts:
+        lines += ["Averages: " + "; ".join(parts) + ". `rank_*` metrics and the \"(rank)\" averages score each "
+                  "label string by likelihood (rank classification); the plain averages use generated text, as "
+                  "the paper does.", ""]
+    ordering = results.get("ordering")
+    if ordering:
+        lines += [f"Ordering vs. the paper: {ordering['note']}", ""]
+    if results.get("paper_citation"):
+        lines += [f"Paper numbers: {results['paper_citation']} (T5-Base, 2^19 + 2^18 steps of 128 x 512 tokens). "
+                  "Only numbers checked against the paper are shown; '–' means not recorded.", ""]
+    tot = results.get("totals")
+    if tot:
+        lines.append(f"Total compute: {tot['stages_finished']}/{tot['stages']} stages, {tot['steps']} steps, "
+                     f"{_fmt_int(tot['tokens'])} tokens, {tot['wall_time_s']:.0f} s of training runs (each stage "
+                     "counted once).")
+    lines.append("Compute per row counts every stage the row depends on (a shared stage counts in each row using it; "
+                 "it was trained once).")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(results: Mapping[str, Any], path: Path) -> None:
+    cols = _columns(results)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "row", "status"] + [c[0] for c in cols])
+        for row in results["rows"]:
+            vals = [_cell(row, k, key, False) for _, k, key in cols]
+            w.writerow([row["key"], row["label"], row["status"]]
+                       + ["" if v is None else (round(v, 4) if isinstance(v, float) else v) for v in vals])
+
+
+def plot_results(results: Mapping[str, Any], path: Path) -> None:
+    """Grouped bars: per row, our benchmark averages, with the paper's number as a marker where recorded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    field = (results.get("ordering") or {}).get("scores") or "averages"
+    kind_label = " (rank classification)" if field == "rank_averages" else ""
+    benches = [b for b in ("glue", "super_glue") if any(v == b for v in results["benchmarks"].values())] + ["overall"]
+    width = 0.8 / len(benches)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows) + 4), 4.8))
+    xs = list(range(len(rows)))
+    labelled = False
+    for j, b in enumerate(benches):
+        offs = [x - 0.4 + width * (j + 0.5) for x in xs]
+        vals = [(r.get(field) or {}).get(b) for r in rows]
+        ax.bar(offs, [v if v is not None else 0.0 for v in vals], width,
+               label=f"ours: {BENCHMARK_NAMES[b]} avg{kind_label}")
+        pv = [r["paper"].get(b) for r in rows]
+        pts = [(o, v) for o, v in zip(offs, pv) if v is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="_", s=500, linewidths=2.0,
+                       color="black", zorder=3, label=None if labelled else "T5 paper (marker on the bar it matches)")
+            labelled = True
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["label"] for r in rows], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("score (0-100)")
+    title = "training strategies (T5 Table 12)" if results["kind"] == "strategies" else "mixing rates (T5 Table 11)"
+    ax.set_title(f"{results['experiment']}: {title}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write results.md, results.csv, results.json and results.png into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: out_dir / f"results.{k}" for k in ("md", "csv", "json", "png")}
+    paths["md"].write_text(render_markdown(results))
+    write_csv(results, paths["csv"])
+    paths["json"].write_text(json.dumps({k: v for k, v in results.items() if k != "files"}, indent=2, default=str))
+    plot_results(results, paths["png"])
+    return paths
+
+
+__all__ = ["build_results", "compare_ordering", "render_markdown", "write_csv", "plot_results", "write_results",
+           "task_score", "TABLE_11", "TABLE_12"]

@@ -1,0 +1,308 @@
+"""Run an experiment's stages with `lightning_t5.training.fit`, reusing finished work, and write the results.
+
+Reuse rules (so an experiment can be interrupted, extended or re-run at no extra cost):
+
+* A stage whose folder holds a complete `metrics.json` (written by `fit` when the run has finished: it has a
+  checkpoint, at least the planned steps and a score for every task the stage evaluates) is not trained again.
+* A stage without one is (re)started with `resume="auto"`, so `fit` continues from the stage folder's last
+  checkpoint when a previous attempt was interrupted, instead of starting over.
+* Each stage folder records its `stage.json` (spec + fingerprint of everything that determines its weights,
+  including the stage it starts from). If the config changed since (other steps, model, mixture...), the runner
+  stops with an error instead of mixing stale and new checkpoints.
+
+The experiment folder is `<output_dir>/<experiment_options.run_name or experiment name>/` with `stages/<stage>/`
+(one `fit` run each), `plan.json`, and `results.{md,csv,json,png}`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lightning_t5.schema import ConfigError
+
+from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
+from .results import build_results, write_results
+
+log = logging.getLogger(__name__)
+
+FitFn = Callable[[DictConfig], Mapping[str, Any]]
+
+# Keys of the base config that determine a stage's weights besides the stage spec itself.
+_CONTEXT_KEYS = ("seed", "model", "data", "optim", "imports")
+
+
+class StageMismatchError(ConfigError):
+    """A stage folder holds a run made with different settings than the current plan (reported by `train.py` as a
+    configuration error: the fix is a new `experiment_options.run_name` or deleting the stage folder)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def experiment_dir(cfg: DictConfig, plan: ExperimentPlan) -> Path:
+    block = experiment_block(cfg)
+    out = cfg.get("output_dir") or "runs"
+    return Path(str(out)) / str(block.get("run_name") or plan.name)
+
+
+def read_finished(run_dir: Path, stage: Stage) -> dict[str, Any] | None:
+    """The stage's `metrics.json` if the run finished, else None (missing, unreadable, or incomplete)."""
+    path = run_dir / "metrics.json"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or not result.get("checkpoint"):
+        return None
+    if int(result.get("steps") or 0) < stage.steps:
+        return None
+    metrics = result.get("metrics") or {}
+    if any(t not in metrics for t in stage.eval_tasks):
+        return None
+    return result
+
+
+def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | None) -> DictConfig:
+    """The run configuration of one stage: a copy of the experiment's config with the stage's mixture, mixing,
+    steps, starting weights, folder and evaluation set, and `resume="auto"` so an interrupted stage continues."""
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.experiment = None
+        c.experiment_options = {}
+        c.mixture = stage.mixture
+        if stage.mixing:
+            c.mixing = OmegaConf.merge(c.get("mixing") or {}, dict(stage.mixing))
+        c.optim = OmegaConf.merge(c.get("optim") or {}, dict(stage.optim))
+        if "total_steps" in c.optim and "total_steps" not in stage.optim:
+            c.optim.total_steps = None  # each stage's schedule spans its own steps
+        c.trainer.max_steps = stage.steps
+        c.data.granularity = stage.granularity
+        c.eval.tasks = list(stage.eval_tasks)
+        if not stage.eval_tasks and c.eval.get("max_examples", 1) != 1:
+            # An intermediate checkpoint is not scored. `eval.tasks: []` says so; if the training engine treats an
+            # empty list like null (the mixture's tasks), scoring one example per task keeps that cheap.
+            c.eval.max_examples = 1
+        if "before_training" in c.eval:
+            c.eval.before_training = False  # the experiment compares final models only
+        c.init_from = init_from
+        c.resume = "auto"
+        c.export_hf = None
+        c.run_name = f"{stage.name}"
+        c.run_dir = str(run_dir)
+    return c
+
+
+def _context(cfg: DictConfig) -> dict[str, Any]:
+    out = {}
+    for key in _CONTEXT_KEYS:
+        if key in cfg:
+            value = cfg.get(key)
+            out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return out
+
+
+def _benchmarks(tasks: list[str]) -> dict[str, str | None]:
+    """task -> benchmark ("glue", "super_glue" or None), from the task registry when it knows the task."""
+    out: dict[str, str | None] = {}
+    try:
+        from tasks import TaskRegistry
+    except ImportError:  # pragma: no cover - tasks is a hard dependency of the project
+        TaskRegistry = None  # type: ignore[assignment]
+    for t in tasks:
+        bench = None
+        if TaskRegistry is not None:
+            try:
+                bench = getattr(TaskRegistry.get(t), "benchmark", None)
+            except Exception:  # unknown task in fake/offline use: fall back to the naming convention
+                bench = None
+        if bench is None:
+            bench = "super_glue" if t.startswith("super_glue_") else "glue" if t.startswith("glue_") else None
+        out[t] = bench
+    return out
+
+
+def register_mixtures(plan: ExperimentPlan) -> None:
+    """Register the experiment's own mixtures (single tasks, all tasks + corpus, leave-one-out, supervised only)
+    so that each stage's `mixture` name resolves in `fit`; idempotent."""
+    from mixtures import MixtureRegistry
+
+    for name, members in plan.mixtures.items():
+        MixtureRegistry.add(name, list(members), replace=True)
+
+
+def import_user_modules(cfg: DictConfig) -> None:
+    modules = list(cfg.get("imports") or [])
+    if modules:
+        import tasks
+
+        tasks.import_modules(modules)
+
+
+def _is_rank_zero() -> bool:
+    """Under a multi-process launch (torchrun, Lightning's ddp re-launching the script) every process runs the
+    runner and walks the same stages in lock step (each `fit` is collective); only rank 0 writes files."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+def _spec_fingerprint(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "stage.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_or_write_spec(run_dir: Path, stage: Stage, fp: str, init_from: str | None) -> None:
+    spec_path = run_dir / "stage.json"
+    if spec_path.exists():
+        try:
+            old = json.loads(spec_path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") not in (None, fp):
+            changed = sorted(k for k, v in stage.spec().items() if old.get("spec", {}).get(k) != v and k != "run_dir")
+            raise StageMismatchError(
+                f"stage {stage.name!r} in {run_dir} was run with different settings (changed: "
+                f"{', '.join(changed) or 'model/data/optim/seed or an earlier stage'}). Use a new "
+                "experiment_options.run_name for the new settings, or delete that stage folder to retrain it."
+            )
+    if not _is_rank_zero():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = spec_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"fingerprint": fp, "spec": stage.spec(), "init_from": init_from}, indent=2))
+    os.replace(tmp, spec_path)
+
+
+def apply_overrides(cfg: DictConfig) -> DictConfig:
+    """`cfg` with `experiment_options.overrides` merged on top.
+
+    Why: an experiment file is merged into the primary config with Hydra's `_global_` package, but keys that
+    `configs/config.yaml` sets itself (data, eval, mixing, ...) may win over it depending on where `_self_` sits
+    in the defaults list. Overrides kept inside the experiment's own block always apply, and the merge keeps the
+    structured schema's validation (an unknown key is still an error).
+    """
+    overrides = experiment_block(cfg).get("overrides") or {}
+    if not overrides:
+        return cfg
+    merged = OmegaConf.merge(cfg, overrides)
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan) -> None:
+    """Each multi-task row's share of training examples per task (what the mixing rate actually did)."""
+    from mixtures import MixingConfig, MixtureRegistry
+
+    plan_rows = {r.key: r for r in plan.rows}
+    for row in table["rows"]:
+        if row.get("status") == "not run":
+            continue
+        names = set(plan_rows[row["key"]].eval_stage.values())
+        if len(names) != 1:
+            continue
+        stage = plan.stage(names.pop())
+        if stage.role != "multitask":
+            continue
+        try:
+            mix = MixtureRegistry.get(stage.mixture)
+            row["mixing_rates"] = {k: float(v) for k, v in mix.rates(mixing=MixingConfig(**dict(stage.mixing))).items()}
+        except Exception as err:  # rates are informative only; never fail the results over them
+            log.warning("could not compute the mixing rates of %s: %s", stage.name, err)
+
+
+def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bool | None = None) -> dict[str, Any]:
+    """Plan the experiment in `cfg`, run every stage not finished yet, and write the results table + plot.
+
+    `fit_fn` defaults to `lightning_t5.training.fit`; tests inject a fake. The experiment's mixtures are registered
+    in `mixtures.MixtureRegistry` when `register` is true (default: only with the real `fit`; pass True for a
+    custom `fit_fn` that trains for real). Returns the results dict (also written as results.json), with "files"
+    naming the written tables.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    cfg = apply_overrides(cfg)
+    import_user_modules(cfg)
+    plan = make_plan(cfg)
+    out = experiment_dir(cfg, plan)
+    rank_zero = _is_rank_zero()
+    if rank_zero:
+        out.mkdir(parents=True, exist_ok=True)
+    if register is None:
+        register = fit_fn is None
+    if fit_fn is None:
+        from lightning_t5.training import fit as fit_fn  # noqa: N813 - imported lazily: heavy
+    if register:
+        register_mixtures(plan)
+    if rank_zero:
+        (out / "plan.json").write_text(json.dumps(
+            {"name": plan.name, "kind": plan.kind, "stages": [s.spec() for s in plan.stages],
+             "rows": [{"key": r.key, "label": r.label, "eval_stage": dict(r.eval_stage),
+                       "stages": list(r.stages)} for r in plan.rows],
+             "mixtures": {k: list(v) for k, v in plan.mixtures.items()}}, indent=2))
+
+    context = _context(cfg)
+    results: dict[str, dict[str, Any]] = {}
+    fps: dict[str, str] = {}
+    started = time.time()
+    for i, stage in enumerate(plan.stages, 1):
+        run_dir = out / stage.run_dir
+        fp = fingerprint(stage, fps.get(stage.init_stage) if stage.init_stage else None, context)
+        fps[stage.name] = fp
+        if stage.init_stage is not None:
+            init_from = results[stage.init_stage].get("checkpoint")
+            if not init_from:
+                raise ExperimentConfigError(f"stage {stage.init_stage!r} returned no checkpoint for {stage.name!r} "
+                                            "to start from (fit must return a 'checkpoint' path)")
+        else:
+            init_from = stage.init_checkpoint
+        _check_or_write_spec(run_dir, stage, fp, init_from)
+        done = read_finished(run_dir, stage)
+        if done is not None:
+            log.info("[%d/%d] stage %s: finished earlier, reusing %s", i, len(plan.stages), stage.name, run_dir)
+            results[stage.name] = done
+            continue
+        log.info("[%d/%d] stage %s: %s, %d steps, from %s", i, len(plan.stages), stage.name, stage.mixture,
+                 stage.steps, init_from or "scratch")
+        print(f"[experiment {plan.name}] stage {i}/{len(plan.stages)}: {stage.name} ({stage.steps} steps on "
+              f"{'+'.join(stage.tasks)}, from {stage.init_stage or init_from or 'scratch'})", flush=True)
+        t0 = time.time()
+        result = dict(fit_fn(stage_config(cfg, stage, run_dir, init_from)))
+        result.setdefault("wall_time_s", time.time() - t0)
+        if int(result.get("steps") or 0) < stage.steps:
+            # fit returns (and may even write metrics.json) after an interrupted run; never build on it
+            raise RuntimeError(
+                f"stage {stage.name!r} stopped at step {result.get('steps')} of {stage.steps} (interrupted?). Run "
+                "the same command again: finished stages are reused and this one resumes from its last checkpoint."
+            )
+        metrics_path = run_dir / "metrics.json"
+        if rank_zero and not metrics_path.exists():  # fit writes it; keep reuse working if a fit does not
+            metrics_path.write_text(json.dumps(result, indent=2, default=str))
+        results[stage.name] = result
+
+    # Rows not selected in this invocation (experiment_options.rows) still appear with whatever earlier runs of
+    # the same experiment folder finished, so the last job of a split sweep writes the whole table.
+    full = make_plan(cfg, select_rows=False)
+    for stage in full.stages:
+        if stage.name not in results:
+            fp = fingerprint(stage, fps.get(stage.init_stage) if stage.init_stage else None, context)
+            fps[stage.name] = fp
+            run_dir = out / stage.run_dir
+            if _spec_fingerprint(run_dir) == fp:
+                done = read_finished(run_dir, stage)
+                if done is not None:
+                    results[stage.name] = done
+    table = build_results(full, results, benchmarks=_benchmarks(list(plan.tasks)),
+                          include_paper=bool(experiment_block(cfg).get("paper", True)))
+    if register:
+        _add_mixing_rates(table, full)
+    table["wall_time_s_this_invocation"] = round(time.time() - started, 3)
+    if rank_zero:
+        table["files"] = {k: str(v) for k, v in write_results(table, out).items()}
+        print(f"[experiment {plan.name}] results in {out}/results.md", flush=True)
+    return table

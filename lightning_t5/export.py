@@ -1,0 +1,68 @@
+"""Export a training checkpoint to the Hugging Face T5 format.
+
+    python -m lightning_t5.export --ckpt runs/<run>/checkpoints/last.ckpt --out exported/
+    python -m lightning_t5.export --ckpt runs/<run> --out exported/        # a run directory: its last checkpoint
+
+The checkpoint is read with `torch.load(weights_only=True)`; the model is rebuilt from the `model_config` stored in
+its hyper-parameters and written by `T5.save_hf` (config.json + safetensors weights, loadable by
+`transformers.T5ForConditionalGeneration.from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["export_checkpoint", "load_model"]
+
+
+def load_model(ckpt: str | Path):  # -> lightning_t5.T5
+    """The T5 stored in a lightning_t5 checkpoint file or run directory (weights_only-safe load)."""
+    from lightning_t5 import T5, T5Config
+    from lightning_t5.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint, model_state_dict
+
+    path = Path(ckpt)
+    if path.is_dir():
+        found = find_last_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{str(path)!r} has no checkpoints/last.ckpt or step checkpoint to export.")
+        path = found
+    checkpoint = load_checkpoint(path)
+    model_config = (checkpoint.get("hyper_parameters") or {}).get("model_config")
+    if model_config is None:
+        raise CheckpointError(f"{str(path)!r} has no model_config in its hyper-parameters; not a lightning_t5 run.")
+    config = dict(model_config)
+    config["compile"] = False  # export never needs compiled blocks
+    model = T5(T5Config.from_dict(config))
+    model.load_state_dict(model_state_dict(checkpoint))
+    return model.eval()
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
+    """Write the checkpoint's model to `out` in Hugging Face format; returns `out`."""
+    model = load_model(ckpt)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_hf(str(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_t5.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="checkpoint file (.ckpt) or run directory")
+    parser.add_argument("--out", required=True, help="output directory (Hugging Face format)")
+    args = parser.parse_args(argv)
+    from lightning_t5.checkpoint import CheckpointError
+
+    try:
+        out = export_checkpoint(args.ckpt, args.out)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {args.ckpt} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Kernel backends: NVIDIA Apex when the real thing is installed and CUDA is present, torch's fused ops otherwise.
+
+`model.fused` selects the backend of RMSNorm, the fused optimizers and the cross-entropy:
+
+* `apex`  - `apex.normalization.FusedRMSNorm`, `apex.optimizers.FusedAdam/FusedLAMB`, `apex.contrib.xentropy`;
+            an error when Apex (with its CUDA extensions) or CUDA is missing.
+* `torch` - `F.rms_norm` computed in fp32, `torch.optim.AdamW(fused=True)`, `torch.optim.Adafactor`.
+* `none`  - the plain reference implementation (HF `T5LayerNorm` arithmetic), unfused optimizers.
+* `auto`  - `apex` when available, else `torch`; the choice is logged on `lightning_t5.fused`.
+
+The Apex probe never trusts `import apex` alone: PyPI's `apex` is an unrelated package, and a Python-only Apex build
+imports fine but fails when a fused module is constructed, so the CUDA extension modules are imported too.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger("lightning_t5.fused")
+
+BACKENDS = ("auto", "apex", "torch", "none")
+OPTIMIZERS = ("adamw", "adafactor", "fused_adam", "fused_lamb")
+
+APEX_INSTALL_HINT = (
+    "Install NVIDIA Apex from source with its CUDA extensions: `git clone https://github.com/NVIDIA/apex && cd apex && "
+    "APEX_CPP_EXT=1 APEX_CUDA_EXT=1 APEX_XENTROPY=1 pip install -v --no-build-isolation .` (the PyPI package named "
+    "`apex` is unrelated), or set model.fused=torch (or auto) to use torch's fused kernels."
+)
+
+
+class FusedBackendError(ValueError):
+    """The requested `model.fused` backend cannot run here."""
+
+
+@dataclass(frozen=True)
+class ApexStatus:
+    """What the Apex probe found. `available` means: real Apex, its norm/optimizer CUDA extensions, and CUDA."""
+
+    available: bool
+    reason: str
+    xentropy: bool = False
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception:  # noqa: BLE001 - any failure (ImportError, OSError from a broken .so) means "not usable"
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def probe_apex() -> ApexStatus:
+    """Detect a usable NVIDIA Apex (cached; tests clear it with `probe_apex.cache_clear()`)."""
+    if importlib.util.find_spec("apex") is None:
+        return ApexStatus(False, "the `apex` package is not installed")
+    if not _importable("apex.normalization"):
+        return ApexStatus(False, "`import apex.normalization` failed (is the installed `apex` the PyPI namesake?)")
+    missing = [m for m in ("fused_layer_norm_cuda", "amp_C") if not _importable(m)]
+    if missing:
+        return ApexStatus(False, f"Apex was built without its CUDA extensions (missing {', '.join(missing)})")
+    if not torch.cuda.is_available():
+        return ApexStatus(False, "CUDA is not available")
+    return ApexStatus(True, "NVIDIA Apex with CUDA extensions", xentropy=_importable("xentropy_cuda"))
+
+
+def resolve_backend(requested: str = "auto", *, log: bool = True) -> str:
+    """Map `model.fused` to the backend that runs: "apex", "torch" or "none"."""
+    if requested not in BACKENDS:
+        raise FusedBackendError(f"model.fused={requested!r} is not valid: expected one of {list(BACKENDS)}.")
+    if requested in ("torch", "none"):
+        return requested
+    status = probe_apex()
+    if requested == "apex":
+        if not status.available:
+            raise FusedBackendError(
+                f"model.fused=apex was requested but NVIDIA Apex cannot be used: {status.reason}. {APEX_INSTALL_HINT}")
+        return "apex"
+    backend = "apex" if status.available else "torch"
+    if log:
+        logger.info("model.fused=auto -> %s backend (%s)", backend,
+                    status.reason if status.available else f"Apex unavailable: {status.reason}")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RMSNorm
+# ---------------------------------------------------------------------------------------------------------------
+class T5RMSNorm(nn.Module):
+    """Reference T5 layer norm: scale only, no mean subtraction, statistics in fp32 (HF `T5LayerNorm` arithmetic).
+
+    The output is fp32 for fp32 weights even when the input is bf16 (autocast), exactly as HF, so residual streams
+    stay in fp32 under mixed precision.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            hidden_states = hidden_states.to(self.weight.dtype)
+        return self.weight * hidden_states
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class TorchRMSNorm(T5RMSNorm):
+    """`F.rms_norm` (one fused kernel on recent torch) with the same fp32 semantics as `T5RMSNorm`.
+
+    torch's RMSNorm returns the input dtype under autocast; T5 keeps fp32, so the input is upcast first and the
+    weight applied afterwards in the weight's dtype. `eps` is passed explicitly (torch's default is machine epsilon).
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.eps)
+            return weight * normed.to(weight.dtype)
+        return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight=weight.float(), eps=self.eps)
+
+
+def make_rms_norm(hidden_size: int, eps: float, backend: str) -> nn.Module:
+    """An RMSNorm module whose only parameter is `weight` (so state dicts match HF for every backend)."""
+    if backend == "apex":
+        from apex.normalization import FusedRMSNorm  # type: ignore[import-not-found]
+
+        return FusedRMSNorm(hidden_size, eps=eps)
+    if backend == "torch":
+        return TorchRMSNorm(hidden_size, eps)
+    if backend == "none":
+        return T5RMSNorm(hidden_size, eps)
+    raise FusedBackendError(f"Resolve model.fused first; got backend {backend!r}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimizers
+# ---------------------------------------------------------------------------------------------------------------
+def _torch_adamw(params: Any, fused: bool, **kwargs: Any) -> torch.optim.Optimizer:
+    params = list(params)
+    if fused:
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError) as err:  # e.g. a device or dtype the fused kernel does not support
+            logger.info("AdamW(fused=True) unavailable (%s); using foreach AdamW", err)
+    return torch.optim.AdamW(params, foreach=fused or None, **kwargs)
+
+
+def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float = 0.0, *,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, backend: str = "auto",
+                   **kwargs: Any) -> torch.optim.Optimizer:
+    """Build the optimizer named by `optim.name` on the `model.fused` backend.
+
+    * `adamw`: torch AdamW, fused kernel unless backend is `none`.
+    * `fused_adam`: Apex FusedAdam (AdamW mode) on the apex backend, else torch AdamW(fused=True).
+    * `fused_lamb`: Apex FusedLAMB; requires the apex backend (torch has no LAMB).
+    * `adafactor`: torch.optim.Adafactor (Apex has no fused Adafactor); `eps` is Adafactor's own pair when passed
+      through `kwargs["adafactor_eps"]`.
+    Extra `kwargs` go to the optimizer constructor.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={name!r} is not valid: expected one of {list(OPTIMIZERS)}.")
+    resolved = resolve_backend(backend, log=False)
+    if name == "adafactor":
+        af_kwargs = dict(kwargs)
+        if "adafactor_eps" in af_kwargs:
+            af_kwargs["eps"] = af_kwargs.pop("adafactor_eps")
+        return torch.optim.Adafactor(params, lr=lr, weight_decay=weight_decay, **af_kwargs)
+    if name == "fused_lamb":
+        if resolved != "apex":
+            raise FusedBackendError(
+                f"optim.name=fused_lamb needs NVIDIA Apex (model.fused resolved to {resolved!r}: "
+                f"{probe_apex().reason}). {APEX_INSTALL_HINT} Or choose optim.name=adamw or adafactor.")
+        from apex.optimizers import FusedLAMB  # type: ignore[import-not-found]
+
+        return FusedLAMB(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
+    if name == "fused_adam" and resolved == "apex":
+        from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
+
+        return FusedAdam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adam_w_mode=True, **kwargs)
+    return _torch_adamw(params, fused=resolved != "none", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        **kwargs)

@@ -1,0 +1,390 @@
+"""The T5 encoder-decoder (original T5 and T5.1.1), packed-batch aware, with HF-identical parameter names.
+
+Parameter names are exactly those of `transformers.T5ForConditionalGeneration` minus the aliases HF ties
+(`encoder.embed_tokens`, `decoder.embed_tokens`, and `lm_head` when the output projection is tied), so a HF state dict
+loads with no renaming (`lightning_t5.hf`). Two calling conventions:
+
+* seqio / packed: `model(encoder_input_tokens=..., decoder_input_tokens=..., encoder_segment_ids=..., ...)` -> logits.
+  Segment ids stop attention across packed examples; per-segment positions drive the relative bias.
+* Hugging Face: `model(input_ids=..., attention_mask=..., labels=...)` -> `Seq2SeqLMOutput(loss, logits, ...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import KVCache, T5Attention, combine_bias_and_mask, position_bias, to_autocast_dtype
+from .config import T5Config
+from .fused import make_rms_norm, resolve_backend
+from .losses import LossOutput, hf_cross_entropy, token_cross_entropy
+
+SEQIO_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
+                "encoder_positions", "decoder_positions")
+SEQIO_EXTRAS = ("decoder_target_tokens", "decoder_loss_weights", "decoder_task_ids")
+
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+
+LayerCache = tuple[KVCache | None, KVCache | None]  # (self-attention K/V, cross-attention K/V)
+
+
+@dataclass
+class Seq2SeqLMOutput:
+    """What the HF-style call returns (the fields transformers users reach for)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each token within its segment (0 at each segment start), vectorised."""
+    length = segment_ids.shape[-1]
+    index = torch.arange(length, device=segment_ids.device).expand_as(segment_ids)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
+    start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+    return index - start_index
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class T5DenseActDense(nn.Module):
+    def __init__(self, cfg: T5Config) -> None:
+        super().__init__()
+        self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.act = _ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.dropout(self.act(self.wi(x))))
+
+
+class T5DenseGatedActDense(nn.Module):
+    def __init__(self, cfg: T5Config) -> None:
+        super().__init__()
+        self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.act = _ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_autocast_dtype(x)
+        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+
+
+class T5LayerFF(nn.Module):
+    def __init__(self, cfg: T5Config, backend: str) -> None:
+        super().__init__()
+        self.DenseReluDense = T5DenseGatedActDense(cfg) if cfg.is_gated else T5DenseActDense(cfg)
+        self.layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.DenseReluDense(self.layer_norm(x)))
+
+
+class T5LayerSelfAttention(nn.Module):
+    def __init__(self, cfg: T5Config, backend: str, has_relative_attention_bias: bool) -> None:
+        super().__init__()
+        self.SelfAttention = T5Attention(cfg, has_relative_attention_bias)
+        self.layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: KVCache | None = None
+                ) -> tuple[torch.Tensor, KVCache]:
+        out, kv = self.SelfAttention(self.layer_norm(x), mask, past=past)
+        return x + self.dropout(out), kv
+
+
+class T5LayerCrossAttention(nn.Module):
+    def __init__(self, cfg: T5Config, backend: str) -> None:
+        super().__init__()
+        self.EncDecAttention = T5Attention(cfg, False)
+        self.layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def forward(self, x: torch.Tensor, encoder_hidden: torch.Tensor | None, mask: torch.Tensor | None,
+                past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        out, kv = self.EncDecAttention(self.layer_norm(x), mask, key_value_states=encoder_hidden, past=past,
+                                       static_past=True)
+        return x + self.dropout(out), kv
+
+
+class T5Block(nn.Module):
+    """`layer[0]` self-attention, (`layer[1]` cross-attention,) last: feed-forward - HF's layout."""
+
+    def __init__(self, cfg: T5Config, backend: str, is_decoder: bool, has_relative_attention_bias: bool) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [T5LayerSelfAttention(cfg, backend, has_relative_attention_bias)]
+        if is_decoder:
+            layers.append(T5LayerCrossAttention(cfg, backend))
+        layers.append(T5LayerFF(cfg, backend))
+        self.layer = nn.ModuleList(layers)
+        self.is_decoder = is_decoder
+
+    def forward(self, x: torch.Tensor, self_mask: torch.Tensor | None, encoder_hidden: torch.Tensor | None = None,
+                cross_mask: torch.Tensor | None = None, cache: LayerCache | None = None
+                ) -> tuple[torch.Tensor, LayerCache]:
+        self_past, cross_past = cache if cache is not None else (None, None)
+        x, self_kv = self.layer[0](x, self_mask, past=self_past)
+        cross_kv = None
+        if self.is_decoder:
+            x, cross_kv = self.layer[1](x, encoder_hidden, cross_mask, past=cross_past)
+        return self.layer[-1](x), (self_kv, cross_kv)
+
+
+class T5Stack(nn.Module):
+    """A stack of blocks + final norm. Embeddings are looked up by `T5` (shared), so no `embed_tokens` alias here."""
+
+    def __init__(self, cfg: T5Config, backend: str, is_decoder: bool) -> None:
+        super().__init__()
+        n_layers = cfg.num_decoder_layers if is_decoder else cfg.num_layers
+        self.block = nn.ModuleList([T5Block(cfg, backend, is_decoder, i == 0) for i in range(n_layers)])
+        self.final_layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.is_decoder = is_decoder
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+
+    @property
+    def relative_attention_bias(self) -> nn.Embedding:
+        return self.block[0].layer[0].SelfAttention.relative_attention_bias
+
+    def forward(self, embeds: torch.Tensor, self_mask: torch.Tensor | None,
+                encoder_hidden: torch.Tensor | None = None, cross_mask: torch.Tensor | None = None,
+                caches: list[LayerCache | None] | None = None) -> tuple[torch.Tensor, list[LayerCache] | None]:
+        x = self.dropout(embeds)
+        if encoder_hidden is not None:
+            encoder_hidden = to_autocast_dtype(encoder_hidden)  # once for every cross-attention layer
+        new_caches: list[LayerCache] | None = [] if caches is not None else None
+        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and caches is None
+        for i, block in enumerate(self.block):
+            if use_ckpt:
+                x = checkpoint(block, x, self_mask, encoder_hidden, cross_mask, use_reentrant=False)[0]
+            else:
+                x, layer_cache = block(x, self_mask, encoder_hidden, cross_mask,
+                                       cache=caches[i] if caches is not None else None)
+                if new_caches is not None:
+                    new_caches.append(layer_cache)
+        return self.dropout(self.final_layer_norm(x)), new_caches
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class T5(nn.Module):
+    """T5 encoder-decoder. See the module docstring for the two calling conventions."""
+
+    def __init__(self, cfg: T5Config) -> None:
+        super().__init__()
+        self.config = cfg
+        self.backend = resolve_backend(cfg.fused)
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = T5Stack(cfg, self.backend, is_decoder=False)
+        self.decoder = T5Stack(cfg, self.backend, is_decoder=True)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.compile:
+            for block in (*self.encoder.block, *self.decoder.block):
+                block.compile()
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HF's T5 initialisation (mesh-tensorflow scales), so from-scratch training matches the reference."""
+        cfg, f = self.config, self.config.initializer_factor
+        nn.init.normal_(self.shared.weight, std=f * 1.0)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=f * 1.0)
+        for module in self.modules():
+            if isinstance(module, T5Attention):
+                nn.init.normal_(module.q.weight, std=f * (cfg.d_model * cfg.d_kv) ** -0.5)
+                nn.init.normal_(module.k.weight, std=f * cfg.d_model ** -0.5)
+                nn.init.normal_(module.v.weight, std=f * cfg.d_model ** -0.5)
+                nn.init.normal_(module.o.weight, std=f * cfg.inner_dim ** -0.5)
+                if hasattr(module, "relative_attention_bias"):
+                    nn.init.normal_(module.relative_attention_bias.weight, std=f * cfg.d_model ** -0.5)
+            elif isinstance(module, (T5DenseActDense, T5DenseGatedActDense)):
+                for name in ("wi", "wi_0", "wi_1"):
+                    if hasattr(module, name):
+                        nn.init.normal_(getattr(module, name).weight, std=f * cfg.d_model ** -0.5)
+                nn.init.normal_(module.wo.weight, std=f * cfg.d_ff ** -0.5)
+            elif hasattr(module, "weight") and module.weight is not None and module.weight.dim() == 1:
+                nn.init.ones_(module.weight)  # RMSNorm weights (any backend)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "T5":
+        return cls(T5Config.from_preset(name, **overrides))
+
+    @classmethod
+    def from_hf(cls, path: str, **overrides: Any) -> "T5":
+        """Load a transformers T5 checkpoint directory (or hub id); `overrides` set T5Config fields (e.g. fused)."""
+        from .hf import load_hf
+
+        return load_hf(path, **overrides)
+
+    def save_hf(self, path: str) -> None:
+        """Write config.json + model.safetensors that `T5ForConditionalGeneration.from_pretrained` loads."""
+        from .hf import save_hf
+
+        save_hf(self, path)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- building blocks ----------------------------------------------------------------------------------------
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.shared.weight.dtype
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.config.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=getattr(torch, self.config.autocast_dtype))
+
+    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder hidden states [B, L, d]. Packed rows: `segment_ids` (0 = padding); HF-style: `attention_mask`."""
+        device, length = input_ids.device, input_ids.shape[1]
+        if positions is None:
+            positions = (positions_from_segments(segment_ids) if segment_ids is not None
+                         else torch.arange(length, device=device)[None])
+        bias = position_bias(self.encoder.relative_attention_bias, positions, positions, bidirectional=True,
+                             cfg=self.config)
+        keep = None
+        if segment_ids is not None:
+            keep = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        elif attention_mask is not None:
+            keep = attention_mask.bool()[:, None, None, :]
+        mask = combine_bias_and_mask(bias, keep, self._compute_dtype(device))
+        hidden, _ = self.encoder(self.shared(input_ids), mask)
+        return hidden
+
+    def cross_attention_mask(self, device: torch.device, decoder_segment_ids: torch.Tensor | None,
+                             encoder_segment_ids: torch.Tensor | None,
+                             encoder_attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        if decoder_segment_ids is not None and encoder_segment_ids is not None:
+            keep = (decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :])[:, None]
+        elif encoder_attention_mask is not None:
+            keep = encoder_attention_mask.bool()[:, None, None, :]
+        elif encoder_segment_ids is not None:
+            keep = (encoder_segment_ids != 0)[:, None, None, :]
+        else:
+            return None
+        return combine_bias_and_mask(None, keep, self._compute_dtype(device))
+
+    def decode(self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor,
+               segment_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+               encoder_segment_ids: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+               decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder hidden states (teacher forcing) [B, Lt, d]: causal, segment-restricted self-attention."""
+        device, length = decoder_input_ids.device, decoder_input_ids.shape[1]
+        if positions is None:
+            positions = (positions_from_segments(segment_ids) if segment_ids is not None
+                         else torch.arange(length, device=device)[None])
+        bias = position_bias(self.decoder.relative_attention_bias, positions, positions, bidirectional=False,
+                             cfg=self.config)
+        keep = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+        if segment_ids is not None:
+            keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        if decoder_attention_mask is not None:
+            keep = keep & decoder_attention_mask.bool()[:, None, None, :]
+        dtype = self._compute_dtype(device)
+        self_mask = combine_bias_and_mask(bias, keep, dtype)
+        cross_mask = self.cross_attention_mask(device, segment_ids, encoder_segment_ids, encoder_attention_mask)
+        hidden, _ = self.decoder(self.shared(decoder_input_ids), self_mask, encoder_hidden, cross_mask)
+        return hidden
+
+    def lm_logits(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
+        if self.config.scale_outputs:
+            decoder_hidden = decoder_hidden * (self.config.d_model ** -0.5)
+        weight = self.shared.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(decoder_hidden, weight)
+
+    def output_embedding(self) -> torch.Tensor:
+        return self.shared.weight if self.lm_head is None else self.lm_head.weight
+
+    # -- calls --------------------------------------------------------------------------------------------------
+    def forward(self, encoder_input_tokens: torch.Tensor | None = None,
+                decoder_input_tokens: torch.Tensor | None = None,
+                encoder_segment_ids: torch.Tensor | None = None, decoder_segment_ids: torch.Tensor | None = None,
+                encoder_positions: torch.Tensor | None = None, decoder_positions: torch.Tensor | None = None, *,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **batch_extras: Any) -> torch.Tensor | Seq2SeqLMOutput:
+        """seqio names -> logits [B, Lt, V]; HF names (`input_ids`, ...) -> `Seq2SeqLMOutput`.
+
+        Extra seqio batch keys (decoder_target_tokens, decoder_loss_weights, decoder_task_ids) are accepted and
+        ignored so that `model(**batch)` works; use `model.loss(batch)` for the training loss.
+        """
+        unknown = [k for k in batch_extras if k not in SEQIO_EXTRAS]
+        if unknown:
+            raise TypeError(f"T5.forward got unexpected argument(s) {unknown}; seqio inputs are {list(SEQIO_INPUTS)}, "
+                            "HF-style inputs are input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, "
+                            "labels.")
+        if input_ids is not None:
+            return self._hf_forward(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, labels)
+        if encoder_input_tokens is None or decoder_input_tokens is None:
+            raise TypeError("T5.forward needs encoder_input_tokens and decoder_input_tokens (seqio names) or "
+                            "input_ids (+ labels or decoder_input_ids) (Hugging Face names).")
+        with self._autocast(encoder_input_tokens.device):
+            encoder_hidden = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions)
+            decoder_hidden = self.decode(decoder_input_tokens, encoder_hidden, decoder_segment_ids, decoder_positions,
+                                         encoder_segment_ids=encoder_segment_ids)
+            return self.lm_logits(decoder_hidden)
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs from labels (HF `_shift_right`): prepend the start token, drop the last, -100 -> pad."""
+        shifted = labels.new_full(labels.shape, self.config.decoder_start_token_id)
+        shifted[:, 1:] = labels[:, :-1]
+        return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
+
+    def _hf_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    decoder_input_ids: torch.Tensor | None, decoder_attention_mask: torch.Tensor | None,
+                    labels: torch.Tensor | None) -> Seq2SeqLMOutput:
+        if decoder_input_ids is None:
+            if labels is None:
+                raise TypeError("The HF-style call needs decoder_input_ids or labels (decoder inputs are derived from "
+                                "labels by shifting them right).")
+            decoder_input_ids = self.shift_right(labels)
+        with self._autocast(input_ids.device):
+            encoder_hidden = self.encode(input_ids, attention_mask=attention_mask)
+            decoder_hidden = self.decode(decoder_input_ids, encoder_hidden, encoder_attention_mask=attention_mask,
+                                         decoder_attention_mask=decoder_attention_mask)
+            logits = self.lm_logits(decoder_hidden)
+        loss = hf_cross_entropy(logits, labels) if labels is not None else None
+        return Seq2SeqLMOutput(logits=logits, loss=loss, encoder_last_hidden_state=encoder_hidden)
+
+    def loss(self, batch: Mapping[str, torch.Tensor], z_loss: float | None = None) -> LossOutput:
+        """Training loss of a seqio batch: mean cross-entropy over tokens with decoder_loss_weights (+ z-loss)."""
+        logits = self(**{k: batch[k] for k in SEQIO_INPUTS if k in batch})
+        targets = batch["decoder_target_tokens"]
+        weights = batch.get("decoder_loss_weights")
+        return token_cross_entropy(logits, targets, weights, backend=self.backend,
+                                   z_loss=self.config.z_loss if z_loss is None else z_loss,
+                                   pad_token_id=self.config.pad_token_id)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 64, num_beams: int = 1, eos_token_id: int | None = None,
+                 length_penalty: float = 1.0) -> torch.Tensor:
+        """Greedy (num_beams=1) or beam search with a K/V cache; returns [B, <= max_new_tokens] token ids without
+        the start token, padded with pad_token_id after EOS."""
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                        num_beams=num_beams, eos_token_id=eos_token_id, length_penalty=length_penalty)

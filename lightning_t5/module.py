@@ -1,0 +1,218 @@
+"""The LightningModule that trains one T5 on a task mixture and evaluates it per task.
+
+Loss normalisation (why it is not a plain mean): packed batches hold different numbers of target tokens on each
+rank, and DDP *averages* gradients over ranks. Dividing each rank's summed token loss by the all-reduced global token
+count and multiplying by the world size makes the averaged gradient equal to the gradient of
+sum(loss over every token of the global batch) / (global token count), i.e. exactly what one process computes on the
+whole global batch. That is what makes the 2-process == 1-process test hold.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from lightning_t5.evaluation import benchmark_averages, gather_predictions
+
+__all__ = ["T5LightningModule", "token_losses", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
+
+MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
+                "encoder_positions", "decoder_positions")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/inf; the message names the step and the tasks in the offending batch."""
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
+    """Per-token cross-entropy [B, L] in fp32, plus z_loss * logsumexp(logits)^2 (PaLM/T5X z-loss) when enabled."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    if z_loss:
+        ce = ce + z_loss * torch.logsumexp(logits, dim=-1).square()
+    return ce
+
+
+def lr_lambda(schedule: str, *, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+              ) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based, as LambdaLR counts).
+
+    constant:      linear warm-up over `warmup_steps` (if any), then 1.
+    inverse_sqrt:  T5: constant during warm-up, then sqrt(warmup / step) (lr 0.01 and warm-up 1e4 give the paper's
+                   1/sqrt(max(step, 1e4))).
+    cosine/linear: linear warm-up, then decay to `min_lr_ratio` (cosine) or 0 (linear) at `total_steps`.
+    """
+    warmup = max(int(warmup_steps), 0)
+    total = max(int(total_steps), 1)
+
+    def constant(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+    def inverse_sqrt(step: int) -> float:
+        return math.sqrt(max(warmup, 1) / max(step + 1, warmup, 1))
+
+    def cosine(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def linear(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
+
+    table = {"constant": constant, "inverse_sqrt": inverse_sqrt, "cosine": cosine, "linear": linear}
+    if schedule not in table:
+        raise ValueError(f"optim.schedule={schedule!r} is not valid; choose one of: {', '.join(table)}.")
+    return table[schedule]
+
+
+def build_optimizer(model: torch.nn.Module, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Adafactor (T5's: factored second moments, parameter-scale relative steps), AdamW or the Apex fused ones,
+    built by `lightning_t5.fused.make_optimizer` on the model's kernel backend.
+
+    torch.optim.Adafactor's step size is min(lr, 1/sqrt(step)) * RMS(param); with lr 0.01 that is T5's
+    1/sqrt(max(step, 1e4)), so the `inverse_sqrt` LambdaLR on top of it agrees with it rather than decaying twice.
+    Weight decay applies to matrices only (norm scales are excluded), the usual AdamW practice.
+    """
+    from lightning_t5.fused import make_optimizer
+
+    name = str(optim["name"])
+    weight_decay = float(optim.get("weight_decay", 0.0) or 0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups: Any = params
+    if name != "adafactor" and weight_decay:
+        groups = [g for g in ({"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}) if g["params"]]
+    kwargs: dict[str, Any] = {}
+    if name != "adafactor":
+        kwargs = {"betas": tuple(float(b) for b in optim.get("betas", (0.9, 0.999))), "eps": float(optim.get("eps", 1e-8))}
+    return make_optimizer(name, groups, lr=float(optim["lr"]), weight_decay=weight_decay,
+                          backend=getattr(model, "backend", "auto"), **kwargs)
+
+
+class T5LightningModule(pl.LightningModule):
+    """Trains `lightning_t5.T5` on mixture batches (seqio feature names) and evaluates it per task.
+
+    Constructor arguments are plain dicts/lists (saved as hyper-parameters, so checkpoints stay weights_only-loadable):
+    `model_config` (T5Config fields), `optim` (optim section), `task_names` (the mixture's task order, indexing
+    `decoder_task_ids`), `total_steps` (schedule length), `vocab_fingerprint` (checked on resume),
+    `eval_options` (max_new_tokens, num_beams).
+    """
+
+    def __init__(self, model_config: Mapping[str, Any], optim: Mapping[str, Any], task_names: Sequence[str],
+                 total_steps: int, vocab_fingerprint: str | None = None, log_every_n_steps: int = 10,
+                 eval_options: Mapping[str, Any] | None = None, model: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        from lightning_t5 import T5, T5Config
+
+        self.model = model if model is not None else T5(T5Config.from_dict(dict(model_config)))
+        self.task_names = list(task_names)
+        self.z_loss = float(model_config.get("z_loss", 0.0) or 0.0)
+        self.eval_options = dict(eval_options or {})
+        self._val_predictions: dict[str, list[tuple[int, Any, Any]]] = {}
+        self.last_eval: dict[str, Any] | None = None
+        self.last_train_loss: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        return getattr(out, "logits", out)
+
+    def _reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.trainer is None or self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value.clone(), reduce_op="sum")
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        losses = token_losses(logits, batch["decoder_target_tokens"], self.z_loss)
+        weights = batch["decoder_loss_weights"].to(losses.dtype)
+        local_sum = (losses * weights).sum()
+        local_tokens = weights.sum().detach()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        global_tokens = self._reduce_sum(local_tokens).clamp(min=1.0)
+        loss = local_sum * world / global_tokens
+        mean_loss = self._reduce_sum(local_sum.detach()) / global_tokens  # the global batch's per-token loss
+
+        if not torch.isfinite(mean_loss):
+            raise NonFiniteLossError(self._nonfinite_message(float(mean_loss), batch))
+        self.last_train_loss = mean_loss
+        self._log_train(mean_loss, losses.detach(), batch)
+        return loss
+
+    def _nonfinite_message(self, value: float, batch: Mapping[str, torch.Tensor]) -> str:
+        ids = batch.get("decoder_task_ids")
+        names: list[str] = []
+        if ids is not None:
+            names = [self.task_names[i] if 0 <= i < len(self.task_names) else f"#{i}"
+                     for i in torch.unique(ids[ids >= 0]).tolist()]
+        step = self.trainer.global_step + 1 if self._trainer is not None else "?"
+        return (f"Training loss is {value} at step {step} (batch tasks: {', '.join(names) or 'unknown'}). "
+                f"Stopping: lower optim.lr, enable trainer.gradient_clip_val, use trainer.precision=32-true, or "
+                f"inspect these tasks' data (python -m tasks show NAME). The last good checkpoint is in the run's "
+                f"checkpoints/ directory.")
+
+    def _log_train(self, mean_loss: torch.Tensor, losses: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
+        self.log("train/loss", mean_loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        step = self.trainer.global_step if self._trainer is not None else 0
+        every = int(self.hparams.get("log_every_n_steps", 10))
+        ids = batch.get("decoder_task_ids")
+        if ids is None or step % every != 0 or not self.task_names:
+            return
+        ids = ids.long()
+        valid = ids >= 0
+        n_tasks = len(self.task_names)
+        sums = torch.zeros(n_tasks, device=losses.device).index_add_(0, ids[valid], losses[valid].float())
+        counts = torch.bincount(ids[valid], minlength=n_tasks).to(sums.dtype)
+        sums, counts = self._reduce_sum(sums), self._reduce_sum(counts)
+        for i in torch.nonzero(counts).flatten().tolist():
+            self.log(f"train_loss/{self.task_names[i]}", sums[i] / counts[i], on_step=True, on_epoch=False,
+                     batch_size=1, rank_zero_only=True)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optim = dict(self.hparams["optim"])
+        optimizer = build_optimizer(self.model, optim)
+        schedule = lr_lambda(optim.get("schedule", "constant"), warmup_steps=int(optim.get("warmup_steps", 0)),
+                             total_steps=int(self.hparams["total_steps"]),
+                             min_lr_ratio=float(optim.get("min_lr_ratio", 0.0) or 0.0))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _evaluators(self) -> list[Any]:
+        dm = getattr(self.trainer, "datamodule", None)
+        return list(getattr(dm, "evaluators", []) or [])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_predictions = {}
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        evaluator = self._evaluators()[dataloader_idx]
+        rows = evaluator.predict(self.model, batch, max_new_tokens=int(self.eval_options.get("max_new_tokens", 16)),
+                                 num_beams=int(self.eval_options.get("num_beams", 1)))
+        self._val_predictions.setdefault(evaluator.name, []).extend(rows)
+
+    def on_validation_epoch_end(self) -> None:
+        evaluators = self._evaluators()
+        if not evaluators:
+            return
+        local = {ev.name: self._val_predictions.get(ev.name, []) for ev in evaluators}
+        merged = gather_predictions(local)
+        metrics = {ev.name: ev.compute(merged.get(ev.name, {})) for ev in evaluators}
+        averages = benchmark_averages(metrics, {ev.name: ev.benchmark for ev in evaluators})
+        self.last_eval = {"step": int(self.trainer.global_step), "metrics": metrics, "averages": averages}
+        for task, values in metrics.items():
+            for key, value in values.items():
+                self.log(f"{task}/{key}", float(value), batch_size=1, rank_zero_only=True)
+        for key, value in averages.items():
+            if not math.isnan(value):
+                self.log(f"average/{key}", float(value), batch_size=1, rank_zero_only=True)
+        self._val_predictions = {}

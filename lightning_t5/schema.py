@@ -1,0 +1,322 @@
+"""Structured run configuration: the schema `configs/config.yaml` is composed into and validated against.
+
+Why a schema: Hydra/OmegaConf only stop an unknown key or a wrongly typed value when the config is *structured*
+(backed by dataclasses). `RunConfig` is registered in Hydra's ConfigStore as `run_schema` and is the first entry of
+`configs/config.yaml`'s defaults list, so `python train.py data.batchsize=8` fails at composition time. Values with a
+fixed set of choices (`mixing.rate`, `optim.name`, `trainer.precision`, ...) are plain strings checked by
+`validate_config`, which names the key and lists the valid choices in one sentence.
+
+The `model` and `mixing` sections are generated from `lightning_t5.config.T5Config` and `mixtures.MixingConfig` when
+those dataclasses are importable, so the schema never drifts from the classes that consume it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "CHOICES",
+    "register_schema",
+    "to_run_config",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration, described in one paragraph that names the key (raised before any work)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generating schema sections from the consuming dataclasses
+_PRIMITIVES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _annotation_to_type(annotation: Any) -> Any:
+    """Map a dataclass annotation (often a string under `from __future__ import annotations`) to an OmegaConf type.
+
+    OmegaConf 2.3 accepts primitives, Optional[primitive], Dict/List of Any and Any; anything richer becomes Any so the
+    generated schema still rejects unknown keys without rejecting legitimate values.
+    """
+    if isinstance(annotation, str):
+        text = annotation
+    elif isinstance(annotation, type):
+        text = annotation.__name__
+    else:
+        text = repr(annotation).replace("typing.", "")
+    parts = [p.strip() for p in re.split(r"\|", text)]
+    optional = "None" in parts or text.startswith("Optional[")
+    core = [p for p in parts if p != "None"]
+    name = core[0] if len(core) == 1 else ""
+    name = re.sub(r"^Optional\[(.*)\]$", r"\1", name)
+    if name in _PRIMITIVES:
+        base = _PRIMITIVES[name]
+    elif name.startswith(("dict", "Dict", "Mapping")):
+        base = Dict[str, Any]
+    elif name.startswith(("list", "List", "Sequence", "tuple", "Tuple")):
+        base = List[Any]
+    else:
+        return Any
+    return Optional[base] if optional else base
+
+
+def _schema_from_dataclass(cls: type, name: str, skip: tuple[str, ...] = ()) -> type:
+    """A new OmegaConf-friendly dataclass with the same field names and defaults as `cls`."""
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        typ = _annotation_to_type(f.type)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+            if default is None and typ is not Any and typing.get_origin(typ) is not typing.Union:
+                typ = Optional[typ]
+            specs.append((f.name, typ, field(default=default)))
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            specs.append((f.name, typ, field(default_factory=f.default_factory)))  # type: ignore[misc]
+        else:
+            specs.append((f.name, typ, field(default=None)))
+    return dataclasses.make_dataclass(name, specs)
+
+
+def _model_schema() -> type:
+    try:
+        from lightning_t5.config import T5Config
+    except ImportError:  # the model package is optional for config checking
+        @dataclass
+        class ModelSchema:
+            name: str = "tiny"
+            vocab_size: int = 8192
+            d_model: int = 128
+            d_kv: int = 32
+            d_ff: int = 512
+            num_layers: int = 2
+            num_decoder_layers: Optional[int] = None
+            num_heads: int = 4
+            relative_attention_num_buckets: int = 32
+            relative_attention_max_distance: int = 128
+            dropout_rate: float = 0.1
+            layer_norm_epsilon: float = 1e-6
+            feed_forward_proj: str = "gated-gelu"
+            tie_word_embeddings: bool = False
+            fused: str = "auto"
+            gradient_checkpointing: bool = False
+            z_loss: float = 0.0
+
+        return ModelSchema
+    return _schema_from_dataclass(T5Config, "ModelSchema", skip=("extra",))
+
+
+def _mixing_schema() -> type:
+    try:
+        from mixtures import MixingConfig  # type: ignore[attr-defined]
+
+        if dataclasses.is_dataclass(MixingConfig):
+            return _schema_from_dataclass(MixingConfig, "MixingSchema")
+    except ImportError:
+        pass
+
+    @dataclass
+    class MixingSchema:
+        rate: str = "proportional"
+        max_examples: Optional[int] = None
+        temperature: float = 1.0
+        weights: Optional[Dict[str, Any]] = None
+        unsupervised_rate: Optional[float] = None
+        schedule: Any = None
+
+    return MixingSchema
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class SequenceLength:
+    inputs: int = 128
+    targets: int = 32
+
+
+@dataclass
+class DataConfig:
+    """How the training batches are built (`mixtures.MixtureDataset` arguments)."""
+
+    sequence_length: SequenceLength = field(default_factory=SequenceLength)
+    batch_size: int = 32  # per process (rank); the global batch is batch_size * world_size * accumulate
+    pack: bool = True
+    granularity: str = "example"
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on each task's validation split: generation -> postprocess -> metrics (+ rank classification)."""
+
+    tasks: Optional[List[str]] = None  # None: the supervised tasks of the mixture
+    split: str = "validation"
+    max_examples: Optional[int] = 128  # per task; None = the whole split
+    batch_size: int = 64
+    max_new_tokens: int = 16
+    num_beams: int = 1
+    rank_classification: bool = True  # also score each label string by likelihood (classification tasks)
+    before_training: bool = True  # evaluate the initial model (step 0) for a before/after comparison
+    every_n_steps: Optional[int] = None  # also evaluate during training
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule. Total steps come from here or trainer.max_steps (never Lightning's
+    estimated_stepping_batches, which breaks dataloader-state restore: Lightning issue 20550)."""
+
+    name: str = "adafactor"
+    lr: float = 0.01
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: Optional[int] = None
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class TrainerConfig:
+    """The subset of `pytorch_lightning.Trainer` arguments a run may set, plus checkpointing/logging cadence."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 500
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 250
+    keep_checkpoints: int = -1  # step checkpoints kept besides last.ckpt (-1: all)
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    matmul_precision: Optional[str] = None  # torch.set_float32_matmul_precision on GPU ("high" enables TF32)
+
+
+@dataclass
+class RunConfig:
+    """Top level of the composed config (docs/CONTRACTS.md "Run configuration")."""
+
+    seed: int = 42
+    imports: List[str] = field(default_factory=list)
+    mixture: str = "default"
+    mixing: Any = None  # replaced by the generated MixingSchema in build_schema()
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: Any = None  # replaced by the generated ModelSchema
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    init_from: Optional[str] = None
+    resume: Optional[str] = None
+    export_hf: Optional[str] = None
+    output_dir: str = "runs"
+    run_name: Optional[str] = None  # None: a timestamp
+    run_dir: Optional[str] = None  # None: ${output_dir}/${run_name}
+    experiment: Optional[str] = None
+    experiment_options: Dict[str, Any] = field(default_factory=dict)  # free-form knobs for lightning_t5.experiments
+
+
+_SCHEMA: type | None = None
+
+
+def build_schema() -> type:
+    """`RunConfig` with its `model` and `mixing` sections generated from the consuming dataclasses (cached)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        model, mixing = _model_schema(), _mixing_schema()
+        _SCHEMA = dataclasses.make_dataclass(
+            "RunConfigSchema",
+            [("model", model, field(default_factory=model)), ("mixing", mixing, field(default_factory=mixing))],
+            bases=(RunConfig,),
+        )
+    return _SCHEMA
+
+
+def register_schema() -> None:
+    """Register the schema as `run_schema` in Hydra's ConfigStore (config.yaml lists it first in its defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=build_schema())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "mixing.rate": ("proportional", "temperature", "equal", "explicit"),
+    "data.granularity": ("example", "batch"),
+    "optim.name": ("adafactor", "adamw", "fused_adam", "fused_lamb"),
+    "optim.schedule": ("constant", "inverse_sqrt", "cosine", "linear"),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
+    "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
+    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed",
+                         "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "single_device"),
+    "model.fused": ("auto", "apex", "torch", "none"),
+}
+
+_POSITIVE = ("data.batch_size", "data.sequence_length.inputs", "data.sequence_length.targets", "trainer.max_steps",
+             "trainer.accumulate_grad_batches", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+             "eval.batch_size", "eval.max_new_tokens", "eval.num_beams")
+
+
+def to_run_config(cfg: Any) -> DictConfig:
+    """Merge a plain dict / DictConfig onto the structured schema (unknown keys and bad types raise ConfigError)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(build_schema())
+    if OmegaConf.is_config(cfg):  # a typed DictConfig merges without key checks: compare as plain data
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    try:
+        merged = OmegaConf.merge(schema, cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain_omegaconf_error(err)) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _explain_omegaconf_error(err: Exception) -> str:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    if "not in struct" in str(err) or "Key '" in msg and "not" in msg:
+        parent, _, leaf = key.rpartition(".")
+        schema = OmegaConf.structured(build_schema())
+        node = OmegaConf.select(schema, parent) if parent else schema
+        valid = list(node.keys()) if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(leaf, valid, n=3)
+        hint = f" Did you mean {', '.join((parent + '.' if parent else '') + c for c in close)}?" if close else ""
+        return (f"Unknown config key '{key}'.{hint} Valid keys under '{parent or '<root>'}': {', '.join(valid)}.")
+    return f"Invalid config value for '{key}': {msg}"
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """Check the values with fixed choices and ranges; returns `cfg` (structured) or raises ConfigError."""
+    cfg = to_run_config(cfg)
+    for key, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in valid:
+            close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}={value!r} is not valid{hint}; choose one of: {', '.join(map(str, valid))}.")
+    for key in _POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigError(f"{key}={value!r} is not valid: it must be a positive integer.")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr!r} is not valid: it must be positive.")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps!r} must be >= 0.")
+    if cfg.eval.max_examples is not None and cfg.eval.max_examples <= 0:
+        raise ConfigError(f"eval.max_examples={cfg.eval.max_examples!r} must be positive or null (whole split).")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={cfg.data.num_workers!r} must be >= 0.")
+    return cfg

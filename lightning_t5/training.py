@@ -1,0 +1,303 @@
+"""`fit(cfg)`: one training run from a composed run config (docs/CONTRACTS.md "Run configuration").
+
+Order of work, chosen so every configuration mistake surfaces before anything slow happens: validate the config
+(schema + choices) -> import user modules -> resolve the mixture (suggestions on a typo) -> check the kernel backend
+(model.fused=apex without Apex) and the vocabulary size -> resolve resume/init checkpoints and check compatibility
+-> only then build data, model and Trainer. The run directory receives the resolved `config.yaml`, checkpoints,
+TensorBoard/CSV logs, `train_log.jsonl`, `metrics.json` and `results.md`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_t5.checkpoint import CheckpointError, find_last_checkpoint
+from lightning_t5.schema import ConfigError, to_run_config, validate_config
+
+__all__ = ["fit", "prepare_config", "load_resume_config", "RunSetup"]
+
+log = logging.getLogger(__name__)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _timestamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+_RUN_IDENTITY_KEYS = ("resume", "run_dir", "run_name", "output_dir", "experiment")
+_RESUMABLE_TOP_LEVEL = ("seed", "export_hf", "init_from")
+
+
+def load_resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config a run was started with (`run_dir/config.yaml`) plus command-line `key=value` overrides.
+
+    `python train.py resume=runs/X` must continue run X with X's settings, not with today's defaults; only keys the
+    user names again on the command line (e.g. `trainer.max_steps=2000`) change. Group selections (`model=small`)
+    are ignored here: the architecture of a run cannot change on resume.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"resume={str(run_dir)!r}: the run directory does not exist. Pass a directory written "
+                              f"by a previous run (runs/<run_name>), or resume=auto to resume when possible.")
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise CheckpointError(f"resume={str(run_dir)!r}: {saved_path} is missing; this is not a lightning_t5 run "
+                              f"directory.")
+    saved = OmegaConf.load(saved_path)
+    dotlist = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override or key.startswith("hydra.") or key in _RUN_IDENTITY_KEYS:
+            continue
+        if "." in key or key in _RESUMABLE_TOP_LEVEL:  # `model=small` (a group choice) is not applied
+            dotlist.append(override.lstrip("+~"))
+    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist)) if dotlist else saved
+    merged.resume = str(run_dir)
+    merged.run_dir = str(run_dir)
+    return to_run_config(merged)
+
+
+def prepare_config(cfg: Any) -> DictConfig:
+    """Structured, validated copy of `cfg` with `run_name`/`run_dir` filled in (resume paths fix the run dir)."""
+    cfg = validate_config(to_run_config(cfg))
+    resume = cfg.resume
+    if resume not in (None, "auto"):
+        path = Path(resume)
+        if path.suffix == ".ckpt":
+            if not path.is_file():
+                raise CheckpointError(f"resume={resume!r}: the checkpoint file does not exist.")
+            path = path.parent.parent
+        if not path.is_dir():
+            raise CheckpointError(f"resume={resume!r}: the run directory does not exist. Pass a directory written by "
+                                  f"a previous run (runs/<run_name>), or resume=auto.")
+        cfg.run_dir = str(path)
+        cfg.run_name = cfg.run_name or path.name
+    if cfg.run_name is None:
+        cfg.run_name = Path(cfg.run_dir).name if cfg.run_dir else _timestamp()
+    if cfg.run_dir is None:
+        cfg.run_dir = str(Path(cfg.output_dir) / cfg.run_name)
+    return cfg
+
+
+class RunSetup:
+    """Everything resolved before building the Trainer (kept separate so errors come before slow work)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        import tasks
+        from mixtures import MixtureRegistry
+
+        self.cfg = cfg
+        tasks.import_modules(list(cfg.imports))
+        self.mixture = MixtureRegistry.get(cfg.mixture)
+        self.task_names = list(self.mixture.task_names)
+        vocabularies = {t.vocabulary.fingerprint: t.vocabulary for t in self.mixture.tasks}
+        if len(vocabularies) != 1:
+            raise ConfigError(f"mixture={cfg.mixture!r} mixes {len(vocabularies)} vocabularies; one model needs one.")
+        self.vocabulary = next(iter(vocabularies.values()))
+        self.vocab_fingerprint = self.vocabulary.fingerprint
+        if cfg.model.vocab_size < self.vocabulary.vocab_size:
+            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of mixture "
+                              f"{cfg.mixture!r} ({self.vocabulary.vocab_size} ids incl. extra ids); token ids would "
+                              f"overflow the embedding.")
+        from lightning_t5.fused import resolve_backend
+
+        resolve_backend(cfg.model.fused, log=False)  # model.fused=apex without Apex: FusedBackendError, now
+        self.model_config = dict(_plain(cfg.model))
+        self.checkpoint = self._resolve_checkpoint()
+
+    def _resolve_checkpoint(self) -> Path | None:
+        cfg = self.cfg
+        if cfg.resume is None:
+            return None
+        run_dir = Path(cfg.run_dir)
+        if str(cfg.resume).endswith(".ckpt"):
+            ckpt: Path | None = Path(cfg.resume)
+        else:
+            ckpt = find_last_checkpoint(run_dir)
+        if ckpt is None:
+            if cfg.resume == "auto":
+                return None
+            raise CheckpointError(f"resume={cfg.resume!r}: no checkpoint in {run_dir / 'checkpoints'} (the run "
+                                  f"stopped before its first checkpoint; start it again without resume).")
+        from lightning_t5.checkpoint import check_compatible, load_checkpoint
+
+        check_compatible(load_checkpoint(ckpt), self.model_config, self.vocab_fingerprint, path=str(ckpt))
+        return ckpt
+
+
+def _init_weights(model: Any, init_from: str, model_config: Mapping[str, Any], vocab_fingerprint: str) -> None:
+    """Initialise `model` from a lightning_t5 checkpoint (.ckpt) or a Hugging Face T5 directory (weights only)."""
+    from lightning_t5.checkpoint import check_compatible, load_checkpoint, model_state_dict
+
+    path = Path(init_from)
+    if path.is_dir() and (path / "last.ckpt").is_file():
+        path = path / "last.ckpt"
+    elif path.is_dir() and (path / "checkpoints").is_dir():
+        found = find_last_checkpoint(path)
+        path = found if found is not None else path
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        check_compatible(ckpt, model_config, vocab_fingerprint, path=str(path))
+        model.load_state_dict(model_state_dict(ckpt))
+    elif path.is_dir():
+        from lightning_t5 import T5
+
+        source = T5.from_hf(str(path))
+        try:
+            model.load_state_dict(source.state_dict())
+        except RuntimeError as err:
+            raise CheckpointError(f"init_from={init_from!r}: the Hugging Face model does not match model config "
+                                  f"({str(err).splitlines()[0]}).") from err
+    else:
+        raise CheckpointError(f"init_from={init_from!r} is neither a checkpoint file nor a directory.")
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
+
+
+def _quiet_known_warnings() -> None:
+    """Silence third-party warnings that are expected for this setup and would bury the run's own output."""
+    import warnings
+
+    for pattern in (".*set_vital.*", ".*LeafSpec.*", ".*IterableDataset. has .__len__. defined.*",
+                    ".*Checkpoint directory .* exists and is not empty.*", ".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train (or resume) one run and evaluate it; returns the result dict also written to `metrics.json`.
+
+    `callbacks` are extra Lightning callbacks (tests use them to interrupt a run); `overrides` are the command-line
+    overrides when called from train.py (used to re-apply them on top of a resumed run's saved config).
+    """
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from lightning_t5.callbacks import RngState, StepCheckpoint, TrainLog, TrainProgressBar
+    from lightning_t5.checkpoint import AtomicCheckpointIO
+    from lightning_t5.data import MixtureDataModule
+    from lightning_t5.evaluation import format_metrics_table
+    from lightning_t5.module import T5LightningModule
+
+    start = time.time()
+    _quiet_known_warnings()
+    raw_resume = OmegaConf.select(cfg, "resume") if OmegaConf.is_config(cfg) else (cfg or {}).get("resume")
+    if raw_resume not in (None, "auto") and overrides is not None and not str(raw_resume).endswith(".ckpt"):
+        cfg = load_resume_config(raw_resume, overrides)
+    cfg = prepare_config(cfg)
+    setup = RunSetup(cfg)
+    run_dir = Path(cfg.run_dir)
+    tcfg = cfg.trainer
+
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if tcfg.matmul_precision:
+        torch.set_float32_matmul_precision(tcfg.matmul_precision)
+
+    total_steps = int(cfg.optim.total_steps or tcfg.max_steps)
+    accumulate = int(tcfg.accumulate_grad_batches)
+    module = T5LightningModule(
+        model_config=setup.model_config, optim=_plain(cfg.optim), task_names=setup.task_names,
+        total_steps=total_steps, vocab_fingerprint=setup.vocab_fingerprint,
+        log_every_n_steps=int(tcfg.log_every_n_steps),
+        eval_options={"max_new_tokens": int(cfg.eval.max_new_tokens), "num_beams": int(cfg.eval.num_beams)},
+    )
+    if cfg.init_from and setup.checkpoint is None:
+        _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
+
+    on_gpu = tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available())
+    datamodule = MixtureDataModule(
+        setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), eval=_plain(cfg.eval), seed=int(cfg.seed),
+        total_batches=int(tcfg.max_steps) * accumulate, pin_memory=on_gpu,
+    )
+
+    train_log = TrainLog(run_dir / "train_log.jsonl")
+    all_callbacks: list[Any] = [
+        train_log, RngState(),
+        StepCheckpoint(run_dir / "checkpoints", every_n_steps=int(tcfg.checkpoint_every_n_steps),
+                       keep=int(tcfg.keep_checkpoints)),
+        *callbacks,
+    ]
+    if tcfg.enable_progress_bar:
+        all_callbacks.append(TrainProgressBar(train_log))
+    loggers = [TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+               CSVLogger(str(run_dir), name="csv")]  # csv/version_N per (resumed) session: never overwritten
+    every = cfg.eval.every_n_steps
+    trainer = pl.Trainer(
+        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=tcfg.strategy,
+        precision=tcfg.precision, max_steps=int(tcfg.max_steps), accumulate_grad_batches=accumulate,
+        gradient_clip_val=tcfg.gradient_clip_val, log_every_n_steps=int(tcfg.log_every_n_steps),
+        callbacks=all_callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=bool(tcfg.enable_progress_bar), enable_model_summary=False,
+        use_distributed_sampler=False, num_sanity_val_steps=0, deterministic=bool(tcfg.deterministic),
+        check_val_every_n_epoch=None, val_check_interval=int(every) * accumulate if every else 10**12,
+        default_root_dir=str(run_dir),
+    )
+
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    before: dict[str, Any] | None = None
+    before_path = run_dir / "eval_before.json"
+    if setup.checkpoint is None and cfg.eval.before_training:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        before = module.last_eval
+        if trainer.is_global_zero and before is not None:
+            _write_json(before_path, before)
+    elif before_path.is_file():
+        before = json.loads(before_path.read_text())
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
+    if trainer.state.status.value != "finished":  # interrupted (e.g. KeyboardInterrupt): keep what was saved
+        log.warning("training did not finish (%s); the last checkpoint is in %s", trainer.state.status,
+                    run_dir / "checkpoints")
+
+    after = None
+    if datamodule.evaluators:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        after = module.last_eval
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(last) if last.is_file() else None,
+        "metrics": (after or {}).get("metrics", {}),
+        "averages": (after or {}).get("averages", {}),
+        "metrics_before": (before or {}).get("metrics", {}),
+        "averages_before": (before or {}).get("averages", {}),
+        "steps": int(trainer.global_step),
+        "tokens": int(train_log.tokens),
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    if trainer.is_global_zero:
+        _write_json(run_dir / "metrics.json", result)
+        table = format_metrics_table(result["metrics"], result["metrics_before"] if before else None,
+                                     result["averages"], result["averages_before"] if before else None)
+        header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
+                  f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
+                  f"Metrics on up to {cfg.eval.max_examples or 'all'} {cfg.eval.split} examples per task "
+                  f"(before = the untrained model at step 0; `rank_*` = rank classification).\n\n")
+        (run_dir / "results.md").write_text(header + table + "\n")
+        print("\n" + table + "\n")
+        print(f"run directory: {run_dir}")
+        if cfg.export_hf:
+            module.model.save_hf(str(cfg.export_hf))
+            print(f"exported Hugging Face model to {cfg.export_hf}")
+    return result

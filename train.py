@@ -1,0 +1,52 @@
+"""The one entry point: `python train.py [key=value ...]` (Hydra overrides over configs/config.yaml).
+
+    python train.py                                   # the embedded default: tiny T5, `default` mixture, CPU
+    python train.py model=small mixture=glue mixing.rate=temperature mixing.temperature=2 trainer.max_steps=1000
+    python train.py resume=runs/<run>                 # continue a run exactly where its last checkpoint left it
+    python train.py experiment=<name>                 # one of the T5 paper's comparisons (lightning_t5.experiments)
+
+All logic lives in lightning_t5.training.fit / lightning_t5.experiments.run_experiment; this file only composes the
+config and turns configuration errors into one readable paragraph and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lightning_t5.schema import register_schema
+
+register_schema()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from lightning_t5.checkpoint import CheckpointError
+    from lightning_t5.fused import FusedBackendError
+    from lightning_t5.schema import ConfigError
+    from mixtures import MixtureError
+    from tasks.errors import TaskError
+
+    hydra_cfg = HydraConfig.get()
+    experiment = cfg.get("experiment") or hydra_cfg.runtime.choices.get("experiment")
+    try:
+        if experiment:
+            from lightning_t5.experiments import run_experiment
+
+            if not cfg.get("experiment"):
+                cfg.experiment = experiment
+            run_experiment(cfg)
+        else:
+            from lightning_t5.training import fit
+
+            fit(cfg, overrides=list(hydra_cfg.overrides.task))
+    except (ConfigError, CheckpointError, FusedBackendError, MixtureError, TaskError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
