@@ -95,7 +95,7 @@ class MixtureDataModule(pl.LightningDataModule):
         from tasks import TaskRegistry
 
         names = self.eval_cfg.get("tasks")
-        if names:
+        if names is not None:
             return [TaskRegistry.get(n) for n in names]
         return [t for t in self.mixture.tasks if getattr(t, "supervised", True)]
 
