@@ -226,6 +226,9 @@ class RunConfig:
     run_dir: Optional[str] = None  # None: ${output_dir}/${run_name}
     experiment: Optional[str] = None
     experiment_options: Dict[str, Any] = field(default_factory=dict)  # free-form knobs for lightning_t5.experiments
+    # configs/objective/*.yaml: the pretraining objective of the mixture's corpus tasks, e.g.
+    # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
+    objective: Optional[Dict[str, Any]] = None
 
 
 _SCHEMA: type | None = None

@@ -101,6 +101,8 @@ class RunSetup:
         self.cfg = cfg
         tasks.import_modules(list(cfg.imports))
         self.mixture = MixtureRegistry.get(cfg.mixture)
+        if cfg.get("objective"):
+            self.mixture = with_objective(self.mixture, OmegaConf.to_container(cfg.objective, resolve=True))
         self.task_names = list(self.mixture.task_names)
         vocabularies = {t.vocabulary.fingerprint: t.vocabulary for t in self.mixture.tasks}
         if len(vocabularies) != 1:
@@ -301,3 +303,26 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
             module.model.save_hf(str(cfg.export_hf))
             print(f"exported Hugging Face model to {cfg.export_hf}")
     return result
+
+
+def with_objective(mixture: Any, objective: dict[str, Any]) -> Any:
+    """The mixture with each top-level corpus (unsupervised) task replaced by the configured objective's variant.
+
+    ``objective`` is a ``configs/objective/*.yaml`` mapping (``task`` + hyper-parameters); the variant is
+    registered under its own name (``corpus_span_corruption_msl10``...) so its cache and logs are distinct.
+    """
+    from mixtures import Mixture
+    from tasks.catalog.corpus import objective_options, register_variant, task_for_objective
+
+    base = task_for_objective(objective)
+    options = objective_options(objective)
+    variant = register_variant(base.name, **options) if options else base
+    members, replaced = [], 0
+    for member, rate in mixture.members():
+        if getattr(member, "supervised", True) is False and not isinstance(member, Mixture):
+            member, replaced = variant.name, replaced + 1
+        members.append(member if rate is None else (member, rate))
+    if not replaced:
+        raise ConfigError(f"objective={objective!r} is set but mixture={mixture.name!r} has no corpus task to apply it to.")
+    return Mixture(f"{mixture.name}+{variant.name}", members, defaults=mixture.defaults, sizes=mixture.sizes,
+                   description=mixture.description, default_rate=mixture.default_rate)

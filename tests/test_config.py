@@ -86,3 +86,24 @@ def test_train_py_reports_config_errors_without_traceback(tmp_path: Path) -> Non
     assert "mixing.rate='foo' is not valid" in proc.stderr and "proportional" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (REPO / "outputs").exists() or not any((REPO / "outputs").iterdir()) or True  # hydra.run.dir=.
+
+
+def test_objective_group_replaces_the_corpus_task_with_a_variant(tmp_path: Path) -> None:
+    """`objective=... objective.noise_density=...` sweeps the corpus objective from the command line."""
+    from lightning_t5.training import RunSetup, prepare_config
+
+    cfg = prepare_config(compose_config(
+        tmp_path, "objective=span_corruption", "objective.noise_density=0.5", "objective.mean_noise_span_length=10"))
+    names = RunSetup(cfg).mixture.task_names
+    assert "corpus_span_corruption_msl10_nd0.5" in names
+    assert "corpus_span_corruption" not in names
+    from tasks import TaskRegistry
+    variant = TaskRegistry.get("corpus_span_corruption_msl10_nd0.5")
+    assert any(getattr(p, "noise_density", None) == 0.5 for p in variant.token_preprocessors)
+
+
+def test_objective_group_prefix_lm(tmp_path: Path) -> None:
+    from lightning_t5.training import RunSetup, prepare_config
+
+    names = RunSetup(prepare_config(compose_config(tmp_path, "objective=prefix_lm"))).mixture.task_names
+    assert any(n.startswith("corpus_prefix_lm") for n in names) and "corpus_span_corruption" not in names
