@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-all bench clean
+.PHONY: setup train test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml
 train: setup
 	$(BIN)/python train.py $(ARGS)
 
+# The default suite is the whole suite (about 4 minutes on 2 cores): CI must exercise resume after SIGKILL,
+# 2-process DDP and the experiment presets end to end. `make test-fast` skips the tests marked slow (~1 minute).
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
-
-test-all: setup
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: setup
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
