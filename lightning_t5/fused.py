@@ -18,6 +18,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -144,6 +145,45 @@ def make_rms_norm(hidden_size: int, eps: float, backend: str) -> nn.Module:
     if backend == "none":
         return T5RMSNorm(hidden_size, eps)
     raise FusedBackendError(f"Resolve model.fused first; got backend {backend!r}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------------------------
+_INT16_LEVELS = 1 << 16
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A bool keep-mask with P(drop) = p quantised to 1/65536, and the 1/(1-p) scale that matches it exactly.
+
+    Why not `torch.bernoulli`: on CPU it draws one Mersenne-Twister number per element, which made dropout ~20% of
+    a T5 training step. Here every 64-bit draw (full range, all bits uniform) is split into four 16-bit lanes, so
+    the generator runs a quarter as often. It draws from torch's default generator: `torch.manual_seed`, Lightning's
+    `seed_everything` and the resume callback's RNG restore govern it exactly as they govern `F.dropout`.
+    """
+    numel = math.prod(shape)
+    draws = torch.randint(-(1 << 63), (1 << 63) - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device)
+    lanes = draws.view(torch.int16)[:numel].view(shape)
+    dropped = round(p * _INT16_LEVELS)
+    return lanes >= dropped - (1 << 15), _INT16_LEVELS / (_INT16_LEVELS - dropped)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout` semantics (inverted dropout), ~3x faster on CPU; CUDA and other devices use `F.dropout` itself
+    (its Philox kernel is already fused there)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not x.is_floating_point() or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    keep, scale = _keep_mask(x.shape, p, x.device)
+    return x * keep.to(x.dtype).mul_(scale)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` (same name, repr and `p`) using `dropout` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
 
 
 # ---------------------------------------------------------------------------------------------------------------

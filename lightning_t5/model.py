@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, T5Attention, combine_bias_and_mask, position_bias, to_autocast_dtype
 from .config import T5Config
-from .fused import make_rms_norm, resolve_backend
+from .fused import Dropout, make_rms_norm, resolve_backend
 from .losses import LossOutput, hf_cross_entropy, token_cross_entropy
 
 SEQIO_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
@@ -67,7 +67,7 @@ class T5DenseActDense(nn.Module):
         super().__init__()
         self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
         self.act = _ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ class T5DenseGatedActDense(nn.Module):
         self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
         self.act = _ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,7 @@ class T5LayerFF(nn.Module):
         super().__init__()
         self.DenseReluDense = T5DenseGatedActDense(cfg) if cfg.is_gated else T5DenseActDense(cfg)
         self.layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.dropout(self.DenseReluDense(self.layer_norm(x)))
@@ -104,7 +104,7 @@ class T5LayerSelfAttention(nn.Module):
         super().__init__()
         self.SelfAttention = T5Attention(cfg, has_relative_attention_bias)
         self.layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: KVCache | None = None
                 ) -> tuple[torch.Tensor, KVCache]:
@@ -117,7 +117,7 @@ class T5LayerCrossAttention(nn.Module):
         super().__init__()
         self.EncDecAttention = T5Attention(cfg, False)
         self.layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor, encoder_hidden: torch.Tensor | None, mask: torch.Tensor | None,
                 past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
@@ -157,7 +157,7 @@ class T5Stack(nn.Module):
         n_layers = cfg.num_decoder_layers if is_decoder else cfg.num_layers
         self.block = nn.ModuleList([T5Block(cfg, backend, is_decoder, i == 0) for i in range(n_layers)])
         self.final_layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
         self.is_decoder = is_decoder
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
