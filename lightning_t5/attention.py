@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import T5Config
-from .fused import dropout
+from .fused import Linear, dropout, matmul
 
 
 def relative_position_bucket(relative_position: torch.Tensor, *, bidirectional: bool, num_buckets: int = 32,
@@ -97,10 +97,10 @@ class T5Attention(nn.Module):
         self.dropout = cfg.dropout_rate
         self.eager = cfg.attention == "eager"
         inner = cfg.inner_dim
-        self.q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.k = nn.Linear(cfg.d_model, inner, bias=False)
-        self.v = nn.Linear(cfg.d_model, inner, bias=False)
-        self.o = nn.Linear(inner, cfg.d_model, bias=False)
+        self.q = Linear(cfg.d_model, inner)
+        self.k = Linear(cfg.d_model, inner)
+        self.v = Linear(cfg.d_model, inner)
+        self.o = Linear(inner, cfg.d_model)
         if has_relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
 
@@ -128,11 +128,11 @@ class T5Attention(nn.Module):
         # CPU training with attention dropout: SDPA would take its math path anyway and draw the dropout mask with
         # bernoulli; the explicit path below is the same arithmetic with the faster mask of `fused.dropout`.
         if self.eager or (p > 0.0 and q.device.type == "cpu"):
-            scores = torch.matmul(q, k.transpose(-1, -2))
+            scores = matmul(q, k.transpose(-1, -2))
             if mask is not None:
                 scores = scores + mask
             weights = dropout(torch.softmax(scores.float(), dim=-1).to(q.dtype), p, self.training)
-            out = torch.matmul(weights, v)
+            out = matmul(weights, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
         out = out.transpose(1, 2).reshape(b, length, self.n_heads * self.d_kv)

@@ -148,6 +148,57 @@ def make_rms_norm(hidden_size: int, eps: float, backend: str) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# bf16 matmuls on CPUs without bf16 arithmetic
+# ---------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), so oneDNN's bf16 GEMM is fast."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # noqa: BLE001 - an older/other torch build: assume native support, change nothing
+        return True
+
+
+def _emulate_bf16(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not cpu_has_native_bf16())
+
+
+def _bf16_operand(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).to(torch.float32)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`F.linear` (no bias). Under CPU bf16 autocast on a CPU without bf16 arithmetic (AVX2-only x86, for one),
+    torch's bf16 GEMM falls back to a kernel ~50x slower than fp32; there the product is computed as an fp32 GEMM
+    of the bf16-rounded operands and rounded to bf16. That is bf16 autocast's arithmetic (bf16 inputs, exact
+    products, fp32 accumulation, bf16 output), in the same dtypes, and autograd's backward does the same for the
+    gradients. Everywhere else (GPU, AMX/AVX512-BF16 CPUs, fp32) this is exactly `F.linear`."""
+    if _emulate_bf16(x):
+        with torch.autocast("cpu", enabled=False):
+            return F.linear(_bf16_operand(x), _bf16_operand(weight)).to(torch.bfloat16)
+    return F.linear(x, weight)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`torch.matmul` with the same CPU bf16 treatment as `linear` (attention scores and values)."""
+    if _emulate_bf16(a):
+        with torch.autocast("cpu", enabled=False):
+            return torch.matmul(_bf16_operand(a), _bf16_operand(b)).to(torch.bfloat16)
+    return torch.matmul(a, b)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` without bias (same parameter name, so state dicts match HF) computed with `linear` above."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Dropout
 # ---------------------------------------------------------------------------------------------------------------
 _INT16_LEVELS = 1 << 16

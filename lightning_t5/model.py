@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, T5Attention, combine_bias_and_mask, position_bias, to_autocast_dtype
 from .config import T5Config
-from .fused import Dropout, make_rms_norm, resolve_backend
+from .fused import Dropout, Linear, linear, make_rms_norm, resolve_backend
 from .losses import LossOutput, hf_cross_entropy, token_cross_entropy
 
 SEQIO_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
@@ -65,8 +65,8 @@ def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
 class T5DenseActDense(nn.Module):
     def __init__(self, cfg: T5Config) -> None:
         super().__init__()
-        self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.wi = Linear(cfg.d_model, cfg.d_ff)
+        self.wo = Linear(cfg.d_ff, cfg.d_model)
         self.dropout = Dropout(cfg.dropout_rate)
         self.act = _ACTIVATIONS[cfg.activation]
 
@@ -77,9 +77,9 @@ class T5DenseActDense(nn.Module):
 class T5DenseGatedActDense(nn.Module):
     def __init__(self, cfg: T5Config) -> None:
         super().__init__()
-        self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.wi_0 = Linear(cfg.d_model, cfg.d_ff)
+        self.wi_1 = Linear(cfg.d_model, cfg.d_ff)
+        self.wo = Linear(cfg.d_ff, cfg.d_model)
         self.dropout = Dropout(cfg.dropout_rate)
         self.act = _ACTIVATIONS[cfg.activation]
 
@@ -195,7 +195,7 @@ class T5(nn.Module):
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = T5Stack(cfg, self.backend, is_decoder=False)
         self.decoder = T5Stack(cfg, self.backend, is_decoder=True)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.d_model, cfg.vocab_size)
         self.reset_parameters()
         if cfg.compile:
             for block in (*self.encoder.block, *self.decoder.block):
@@ -313,7 +313,7 @@ class T5(nn.Module):
         if self.config.scale_outputs:
             decoder_hidden = decoder_hidden * (self.config.d_model ** -0.5)
         weight = self.shared.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(decoder_hidden, weight)
+        return linear(decoder_hidden, weight)
 
     def output_embedding(self) -> torch.Tensor:
         return self.shared.weight if self.lm_head is None else self.lm_head.weight

@@ -218,3 +218,30 @@ def test_cpu_attention_dropout_path_matches_sdpa_without_dropout():
             module.eager = True
     eager = model(input_ids=ids, labels=labels).logits
     assert torch.allclose(sdpa, eager, atol=1e-5)
+
+
+# -- bf16 matmuls on CPUs without bf16 arithmetic ----------------------------------------------------------------
+def test_emulated_bf16_linear_is_bf16_autocast_arithmetic(monkeypatch):
+    """The fp32 GEMM of bf16-rounded operands, rounded to bf16, equals torch's own bf16 GEMM up to the last bit of
+    a few elements (accumulation order), in forward and backward; fp32 and non-autocast calls are untouched."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 96, requires_grad=True)
+    w = torch.randn(80, 96, requires_grad=True)
+    monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emulated = fused.linear(x, w)
+        emulated_mm = fused.matmul(x, w.t())
+    (emulated.float() ** 2).sum().backward()
+    gx_emulated, gw_emulated = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        native = fused.linear(x, w)
+    (native.float() ** 2).sum().backward()
+    assert emulated.dtype == native.dtype == emulated_mm.dtype == torch.bfloat16
+    assert (emulated != native).float().mean() < 0.01 and torch.allclose(emulated.float(), native.float(), rtol=1e-2)
+    assert torch.equal(emulated, emulated_mm)
+    for ours, theirs in ((gx_emulated, x.grad), (gw_emulated, w.grad)):
+        assert ((ours - theirs).norm() / theirs.norm()) < 1e-2
+    monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: False)
+    assert torch.equal(fused.linear(x, w), torch.nn.functional.linear(x, w))  # no autocast: plain F.linear
