@@ -4,7 +4,8 @@
 
 Both systems train on exactly the same examples, in the same order, for one pass:
 - ours: the examples packed into fixed (128, 32)-token rows (mixtures.FeatureConverter, T5 packing with segment ids)
-  and trained with lightning_t5.T5 + the training module's loss + Adafactor;
+  and trained with lightning_t5.T5 + the training module's loss (`weighted_loss_sum`: logits only at target
+  positions with loss weight) + Adafactor;
 - baseline: transformers.T5ForConditionalGeneration of the same size (tiny: d_model 128, 2+2 layers, gated-GELU,
   untied) with a padding collator (pad each batch of `batch_size` examples to its longest input/target, labels
   -100 on padding: what DataCollatorForSeq2Seq does) and the same optimizer.
@@ -62,15 +63,14 @@ def padded_batches(examples: list[dict[str, np.ndarray]], batch_size: int) -> li
 
 
 def time_ours(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
-    from lightning_t5.module import MODEL_INPUTS, token_losses
+    from lightning_t5.module import weighted_loss_sum
 
     opt = torch.optim.Adafactor(model.parameters(), lr=0.01)
     model.train()
     start = time.perf_counter()
     for b in batches:
-        logits = model(**{k: b[k] for k in MODEL_INPUTS})
-        w = b["decoder_loss_weights"]
-        loss = (token_losses(logits, b["decoder_target_tokens"]) * w).sum() / w.sum()
+        loss_sum, _ = weighted_loss_sum(model, b)
+        loss = loss_sum / b["decoder_loss_weights"].sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

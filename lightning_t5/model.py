@@ -325,8 +325,14 @@ class T5(nn.Module):
                 encoder_positions: torch.Tensor | None = None, decoder_positions: torch.Tensor | None = None, *,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **batch_extras: Any) -> torch.Tensor | Seq2SeqLMOutput:
+                labels: torch.Tensor | None = None, logits_mask: torch.Tensor | None = None,
+                **batch_extras: Any) -> torch.Tensor | Seq2SeqLMOutput:
         """seqio names -> logits [B, Lt, V]; HF names (`input_ids`, ...) -> `Seq2SeqLMOutput`.
+
+        `logits_mask` (bool [B, Lt], seqio call only): return the logits of the True positions only, as [N, V] in
+        row-major order. Training passes `decoder_loss_weights > 0`: padding rows of a packed or padded batch then
+        cost no output projection and no softmax (with an 8k-32k vocabulary that is most of a small model's
+        decoder compute when targets are short), and the loss and its gradients are unchanged.
 
         Extra seqio batch keys (decoder_target_tokens, decoder_loss_weights, decoder_task_ids) are accepted and
         ignored so that `model(**batch)` works; use `model.loss(batch)` for the training loss.
@@ -345,6 +351,8 @@ class T5(nn.Module):
             encoder_hidden = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions)
             decoder_hidden = self.decode(decoder_input_tokens, encoder_hidden, decoder_segment_ids, decoder_positions,
                                          encoder_segment_ids=encoder_segment_ids)
+            if logits_mask is not None:
+                decoder_hidden = decoder_hidden[logits_mask.bool()]
             return self.lm_logits(decoder_hidden)
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
@@ -371,12 +379,17 @@ class T5(nn.Module):
 
     def loss(self, batch: Mapping[str, torch.Tensor], z_loss: float | None = None) -> LossOutput:
         """Training loss of a seqio batch: mean cross-entropy over tokens with decoder_loss_weights (+ z-loss)."""
-        logits = self(**{k: batch[k] for k in SEQIO_INPUTS if k in batch})
         targets = batch["decoder_target_tokens"]
         weights = batch.get("decoder_loss_weights")
-        return token_cross_entropy(logits, targets, weights, backend=self.backend,
-                                   z_loss=self.config.z_loss if z_loss is None else z_loss,
-                                   pad_token_id=self.config.pad_token_id)
+        if weights is None:
+            weights = (targets != self.config.pad_token_id).float()
+        mask = weights > 0
+        logits = self(**{k: batch[k] for k in SEQIO_INPUTS if k in batch}, logits_mask=mask)
+        out = token_cross_entropy(logits, targets[mask], weights[mask], backend=self.backend,
+                                  z_loss=self.config.z_loss if z_loss is None else z_loss,
+                                  pad_token_id=self.config.pad_token_id)
+        out.per_token = out.per_token.new_zeros(targets.shape).masked_scatter(mask, out.per_token)
+        return out
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

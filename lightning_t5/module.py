@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from lightning_t5.evaluation import benchmark_averages, gather_predictions
 
-__all__ = ["T5LightningModule", "token_losses", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
+__all__ = ["T5LightningModule", "token_losses", "weighted_loss_sum", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
 
 MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
                 "encoder_positions", "decoder_positions")
@@ -29,12 +29,28 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
-    """Per-token cross-entropy [B, L] in fp32, plus z_loss * logsumexp(logits)^2 (PaLM/T5X z-loss) when enabled."""
+    """Per-token cross-entropy ([B, L] or [N]: any leading shape) in fp32, plus z_loss * logsumexp(logits)^2 (PaLM/T5X z-loss) when enabled."""
     logits = logits.float()
-    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long(),
+                         reduction="none").view(targets.shape)
     if z_loss:
         ce = ce + z_loss * torch.logsumexp(logits, dim=-1).square()
     return ce
+
+
+def weighted_loss_sum(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], z_loss: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum(w * CE) over a seqio batch's target tokens, and the detached per-token losses [B, L] (0 where w = 0).
+
+    Logits are computed only where the loss has weight (`T5.forward(logits_mask=...)`): padding costs no output
+    projection or softmax, the loss and its gradients are those of the full [B, L, V] computation.
+    """
+    weights = batch["decoder_loss_weights"].float()
+    mask = weights > 0
+    logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, logits_mask=mask)
+    selected = token_losses(logits, batch["decoder_target_tokens"][mask], z_loss)
+    losses = selected.detach().new_zeros(weights.shape).masked_scatter(mask, selected.detach())
+    return (selected * weights[mask]).sum(), losses
 
 
 def lr_lambda(schedule: str, *, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
@@ -131,11 +147,8 @@ class T5LightningModule(pl.LightningModule):
         return self.trainer.strategy.reduce(value.clone(), reduce_op="sum")
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
-        losses = token_losses(logits, batch["decoder_target_tokens"], self.z_loss)
-        weights = batch["decoder_loss_weights"].to(losses.dtype)
-        local_sum = (losses * weights).sum()
-        local_tokens = weights.sum().detach()
+        local_sum, losses = weighted_loss_sum(self.model, batch, self.z_loss)
+        local_tokens = batch["decoder_loss_weights"].float().sum()
         world = self.trainer.world_size if self._trainer is not None else 1
         global_tokens = self._reduce_sum(local_tokens).clamp(min=1.0)
         loss = local_sum * world / global_tokens
