@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from lightning_t5.evaluation import benchmark_averages, gather_predictions
 
-__all__ = ["T5LightningModule", "token_losses", "weighted_loss_sum", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
+__all__ = ["T5LightningModule", "token_losses", "weighted_loss_sum", "lr_lambda", "build_optimizer",
+           "NonFiniteLossError"]
 
 MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
                 "encoder_positions", "decoder_positions")
@@ -29,7 +30,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
-    """Per-token cross-entropy ([B, L] or [N]: any leading shape) in fp32, plus z_loss * logsumexp(logits)^2 (PaLM/T5X z-loss) when enabled."""
+    """Per-token cross-entropy in fp32 (any leading shape: [B, L], or [N] for masked positions), plus
+    z_loss * logsumexp(logits)^2 (PaLM/T5X z-loss) when enabled."""
     logits = logits.float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long(),
                          reduction="none").view(targets.shape)
