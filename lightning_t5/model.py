@@ -204,11 +204,23 @@ class T5(nn.Module):
     # -- construction -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """HF's T5 initialisation (mesh-tensorflow scales), so from-scratch training matches the reference."""
+        """T5's own initialisation (mesh-tensorflow / t5x variance scaling), times `initializer_factor`.
+
+        Every matrix is drawn with std fan_in^-1/2 so that each layer keeps unit-scale activations: q
+        (d_model * d_kv)^-1/2 (T5 does not scale attention logits, so q absorbs the 1/sqrt(d_kv)), k and v
+        d_model^-1/2, o (heads * d_kv)^-1/2, wi d_model^-1/2, wo d_ff^-1/2, relative bias d_model^-1/2, norms 1.
+        The shared embedding is drawn with std 1. The output projection must give unit-scale initial logits, so
+        that the initial loss is about ln V: tied (original T5) it is the embedding and the decoder output is
+        scaled by d_model^-1/2; untied (T5.1.1) `lm_head` is drawn with std d_model^-1/2 as in mesh-tf/t5x.
+        Hugging Face draws an untied lm_head with std 1 (a known defect, transformers PR #26441): logits of std
+        sqrt(d_model) and an initial loss of 40-80 that short from-scratch runs spend their steps undoing.
+        Loading weights (HF or checkpoints) overwrites all of this, so parity does not depend on it.
+        """
         cfg, f = self.config, self.config.initializer_factor
         nn.init.normal_(self.shared.weight, std=f * 1.0)
         if self.lm_head is not None:
-            nn.init.normal_(self.lm_head.weight, std=f * 1.0)
+            # An untied head behind the d_model^-1/2 output scaling (a v5 config quirk) is already unit-scale at 1.
+            nn.init.normal_(self.lm_head.weight, std=f * (1.0 if cfg.scale_outputs else cfg.d_model ** -0.5))
         for module in self.modules():
             if isinstance(module, T5Attention):
                 nn.init.normal_(module.q.weight, std=f * (cfg.d_model * cfg.d_kv) ** -0.5)
