@@ -284,7 +284,9 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if x.device.type != "cpu" or not x.is_floating_point() or p >= 1.0:
         return F.dropout(x, p, training=True)
     keep, scale = _keep_mask(x.shape, p, x.device)
-    return x * keep.to(x.dtype).mul_(scale)
+    # the scaled mask in one pass (where), then one multiply; autograd keeps the mask for the backward's multiply
+    mask = torch.where(keep, torch.tensor(scale, dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype))
+    return x * mask
 
 
 class Dropout(nn.Dropout):

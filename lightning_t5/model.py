@@ -88,9 +88,11 @@ class T5DenseGatedActDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_autocast_dtype(x)
+        # wi_0 and wi_1 as one GEMM against the concatenated weights (faster than two; parameters stay HF's)
+        gate, up = linear(x, torch.cat([self.wi_0.weight, self.wi_1.weight])).chunk(2, dim=-1)
         if self.backend == "liger":
-            return self.wo(self.dropout(gelu_tanh_mul(self.wi_0(x), self.wi_1(x), self.backend)))
-        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+            return self.wo(self.dropout(gelu_tanh_mul(gate, up, self.backend)))
+        return self.wo(self.dropout(self.act(gate) * up))
 
 
 class T5LayerFF(nn.Module):
