@@ -1,16 +1,20 @@
 """Training-step throughput of lightning_t5.T5 vs transformers' T5ForConditionalGeneration.
 
-Both models get the same config, the same weights and the same unpacked, padded batch (input_ids + attention_mask +
-labels with -100 on padding) through the same HF-style call, and take full training steps (forward, backward,
-AdamW step). Ours uses its configured kernels (`model.fused`, fused AdamW); HF uses its defaults (SDPA attention,
-foreach AdamW). Timing: both models live in one process and run in alternating rounds; the best round of each
+Both models get the same config, the same weights and the same unpacked, padded batch, and take full training steps
+(forward, backward, the same optimizer: `lightning_t5.fused.make_optimizer("adamw")`, i.e. torch AdamW(fused=True)
+on CPU, Apex FusedAdam under fused=apex). HF gets input_ids + attention_mask + labels (-100 on padding) through its
+own forward and loss; ours gets the same tokens as seqio features (encoder_segment_ids = attention_mask,
+decoder_loss_weights = labels != -100) through its training path, `model(**batch, return_loss=True)`: the same
+loss and gradients (a test checks them against the full computation), with logits only at target positions.
+Denormals are flushed for both (`setup_numerics`). CPU bf16 is compared against HF in fp32, HF's best CPU dtype
+(torch's bf16 GEMMs are a slow fallback on CPUs without bf16 arithmetic, which no HF user would choose); on CUDA both
+use the same dtype. Timing: both models live in one process and run in alternating rounds; the best round of each
 counts (robust on a shared, noisy machine). Peak memory: each implementation alone in a fresh process, over a
 training step taken after the optimizer state exists. CPU peak = max RSS minus the RSS before the model was built;
 CUDA peak = torch.cuda.max_memory_allocated.
 
-On CUDA the bench also reports MFU = model FLOPs/s / the GPU's peak, FLOPs from REFERENCE.md's T5 formula:
-6*[N_enc*T_enc + (N_dec - N_xKV)*T_dec + N_xKV*T_enc + V*d*T_dec] + 12*h*d_kv*(L_enc*T_enc^2 + L_dec*(T_dec^2 +
-T_dec*T_enc)) per sequence (N_* without embeddings; N_xKV = cross-attention K/V weights).
+On CUDA the bench also reports MFU = model FLOPs/s / the GPU's peak (`lightning_t5.flops`, the T5 formula, not
+6*N*T).
 
     python bench/model.py                          # CPU: tiny + t5_1_1_small, fp32 and bf16 autocast
     python bench/model.py --configs t5_1_1_base --batch 64 --enc-len 512 --dec-len 114 --dtypes bf16 --compile
@@ -30,35 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Dense peak FLOP/s (no sparsity). bf16 and tf32 tensor-core peaks; "fp32" uses TF32 matmuls when enabled.
-PEAK_FLOPS = {
-    "H100 PCIe": {"bf16": 756e12, "fp32": 378e12},
-    "H100": {"bf16": 989.4e12, "fp32": 494.7e12},
-    "H200": {"bf16": 989.4e12, "fp32": 494.7e12},
-    "A100": {"bf16": 312e12, "fp32": 156e12},
-    "L4": {"bf16": 121e12, "fp32": 60e12},
-}
-
-
-def peak_flops(device_name: str, dtype: str) -> float | None:
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
-        if key in device_name:
-            return PEAK_FLOPS[key][dtype]
-    return None
-
-
-def training_flops_per_sequence(cfg, t_enc: int, t_dec: int) -> float:
-    """REFERENCE.md's T5 training FLOPs for one (t_enc, t_dec) sequence pair."""
-    d, h, dkv, ff = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff
-    inner = h * dkv
-    ffn = (3 if cfg.is_gated else 2) * d * ff
-    n_enc = cfg.num_layers * (4 * d * inner + ffn + d) + d
-    cross = 4 * d * inner + d
-    n_dec = cfg.num_decoder_layers * (4 * d * inner + cross + ffn + d) + d
-    n_xkv = cfg.num_decoder_layers * 2 * d * inner
-    dense = n_enc * t_enc + (n_dec - n_xkv) * t_dec + n_xkv * t_enc + cfg.vocab_size * d * t_dec
-    attention = 12 * h * dkv * (cfg.num_layers * t_enc ** 2 + cfg.num_decoder_layers * (t_dec ** 2 + t_dec * t_enc))
-    return 6 * dense + attention
+from lightning_t5.flops import peak_flops, training_flops_per_sequence  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -81,6 +57,24 @@ def make_batch(cfg, batch: int, enc_len: int, dec_len: int, device):
             dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels).items()}
 
 
+def to_seqio(batch: dict, start_token: int = 0) -> dict:
+    """The same padded batch as seqio features for our training path (identical tokens, masks and loss weights)."""
+    import torch
+
+    labels = batch["labels"]
+    weights = labels != -100
+    targets = labels.masked_fill(~weights, 0)
+    decoder_inputs = torch.cat([torch.full_like(targets[:, :1], start_token), targets[:, :-1]], dim=1)
+    return {"encoder_input_tokens": batch["input_ids"], "encoder_segment_ids": batch["attention_mask"],
+            "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
+            "decoder_loss_weights": weights.float()}
+
+
+def impl_dtype(impl: str, args: argparse.Namespace) -> str:
+    """HF on CPU always runs fp32, its best CPU dtype; every other case runs the requested dtype."""
+    return "fp32" if impl == "hf" and args.device == "cpu" else args.dtype
+
+
 def build(impl: str, args: argparse.Namespace, device):
     """(model, optimizer, T5Config) for `impl` ("ours" | "hf"), same seed-0 weights for both."""
     import torch
@@ -92,9 +86,10 @@ def build(impl: str, args: argparse.Namespace, device):
     cfg = T5Config.from_preset(args.config, dropout_rate=args.dropout, fused=args.fused,
                                compile=args.compile and impl == "ours")
     ours = T5(cfg)
+    backend = ours.backend
     if impl == "ours":
         model = ours.to(device).train()
-        return model, make_optimizer("adamw", model.parameters(), lr=1e-4, backend=cfg.fused), cfg
+        return model, make_optimizer("adamw", model.parameters(), lr=1e-4, backend=backend), cfg
     import transformers
 
     hf_cfg = transformers.T5Config(
@@ -110,18 +105,19 @@ def build(impl: str, args: argparse.Namespace, device):
         model.lm_head.weight = torch.nn.Parameter(state["lm_head.weight"].clone())
     model.load_state_dict(state, strict=False)
     model = model.to(device).train()
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4), cfg
+    return model, make_optimizer("adamw", model.parameters(), lr=1e-4, backend=backend), cfg
 
 
-def make_step(model, optimizer, batch, args, device):
+def make_step(impl, model, optimizer, batch, args, device):
     import torch
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=impl_dtype(impl, args) == "bf16")
+    seqio = to_seqio(batch) if impl == "ours" else None
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = model(**batch).loss
+            loss = model(**seqio, return_loss=True).loss if seqio is not None else model(**batch).loss
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -130,7 +126,7 @@ def make_step(model, optimizer, batch, args, device):
 
 
 def setup_numerics(args: argparse.Namespace) -> None:
-    """CPU: flush denormals to zero (for both implementations alike). HF's T5 init (embeddings and lm_head with std 1)
+    """CPU: flush denormals to zero (one process-wide switch: both implementations alike). HF's T5 init (embeddings and lm_head with std 1)
     makes the first softmaxes extremely peaky; their denormal gradients slow CPU matmuls ~25x, which would make the
     benchmark measure denormal arithmetic instead of the models. TPUs and GPU tensor cores flush them anyway."""
     import torch
@@ -159,7 +155,7 @@ def worker_time(args: argparse.Namespace) -> dict:
     for impl in ("ours", "hf"):
         model, optimizer, cfg = build(impl, args, device)
         batch = make_batch(cfg, args.batch, args.enc_len, args.dec_len, device)
-        steps[impl] = make_step(model, optimizer, batch, args, device)
+        steps[impl] = make_step(impl, model, optimizer, batch, args, device)
         first_loss[impl] = float(steps[impl]())
         for _ in range(args.warmup - 1):
             steps[impl]()
@@ -173,7 +169,8 @@ def worker_time(args: argparse.Namespace) -> dict:
             sync(device)
             times[impl].append((time.perf_counter() - start) / args.steps)
     tokens = args.batch * (args.enc_len + args.dec_len)
-    result = {"config": args.config, "dtype": args.dtype, "device": str(device), "first_loss": first_loss}
+    result = {"config": args.config, "dtype": args.dtype, "hf_dtype": impl_dtype("hf", args), "device": str(device),
+              "dropout": args.dropout, "first_loss": first_loss}
     for impl, values in times.items():
         best = min(values)
         result[impl] = {"step_s_min": best, "step_s_median": sorted(values)[len(values) // 2],
@@ -196,7 +193,7 @@ def worker_memory(args: argparse.Namespace) -> dict:
     base_rss = rss_bytes()
     model, optimizer, cfg = build(args.impl, args, device)
     batch = make_batch(cfg, args.batch, args.enc_len, args.dec_len, device)
-    step = make_step(model, optimizer, batch, args, device)
+    step = make_step(args.impl, model, optimizer, batch, args, device)
     step()  # optimizer state exists after the first step
     sync(device)
     if device.type == "cuda":
@@ -233,10 +230,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--fused", default="auto")
-    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate (workers; see --dropouts)")
+    parser.add_argument("--dropouts", default=None, help="comma list of dropout rates to run (default: --dropout)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our blocks (model.compile=true)")
     parser.add_argument("--no-flush-denormal", dest="flush_denormal", action="store_false",
                         help="CPU: keep denormal arithmetic (see setup_numerics)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory workers")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--worker", choices=["time", "memory"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
@@ -252,22 +251,26 @@ def main() -> None:
         return
     print(f"device={args.device} batch={args.batch} enc_len={args.enc_len} dec_len={args.dec_len} "
           f"rounds={args.rounds}x{args.steps} steps (+{args.warmup} warm-up, best round) fused={args.fused} "
-          f"compile={args.compile} dropout={args.dropout} flush_denormal={args.flush_denormal and args.device == 'cpu'}")
-    header = (f"{'config':<14}{'dtype':<6}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}"
+          f"compile={args.compile} flush_denormal={args.flush_denormal and args.device == 'cpu'}")
+    header = (f"{'config':<14}{'dtype':<11}{'drop':>5}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}"
               f"{'ours MB':>10}{'HF MB':>10}{'ours MFU':>10}{'HF MFU':>9}")
     print(header)
     results: list[dict] = []
-    for config in args.configs.split(","):
-        for dtype in args.dtypes.split(","):
-            timing = run_child(args, "time", config, dtype)
-            memory = {impl: run_child(args, "memory", config, dtype, impl)["peak_mem_mb"] for impl in ("ours", "hf")}
-            ours, hf = timing["ours"], timing["hf"]
-            timing["peak_mem_mb"] = memory
-            results.append(timing)
-            mfu = lambda r: f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"  # noqa: E731
-            print(f"{config:<14}{dtype:<6}{ours['tokens_per_s']:>12.0f}{hf['tokens_per_s']:>12.0f}"
-                  f"{ours['tokens_per_s'] / hf['tokens_per_s']:>7.2f}x{memory['ours']:>10.0f}"
-                  f"{memory['hf']:>10.0f}{mfu(ours):>10}{mfu(hf):>9}", flush=True)
+    runs = [(c, t, float(p)) for c in args.configs.split(",") for t in args.dtypes.split(",")
+            for p in (args.dropouts or str(args.dropout)).split(",")]
+    for config, dtype, args.dropout in runs:
+        timing = run_child(args, "time", config, dtype)
+        memory = {impl: (run_child(args, "memory", config, dtype, impl)["peak_mem_mb"] if args.memory else float("nan"))
+                  for impl in ("ours", "hf")}
+        ours, hf = timing["ours"], timing["hf"]
+        timing["peak_mem_mb"] = memory
+        results.append(timing)
+        mfu = lambda r: f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"  # noqa: E731
+        dtypes = dtype if timing["hf_dtype"] == dtype else f"{dtype}/{timing['hf_dtype']}"
+        print(f"{config:<14}{dtypes:<11}{args.dropout:>5}{ours['tokens_per_s']:>12.0f}{hf['tokens_per_s']:>12.0f}"
+              f"{ours['tokens_per_s'] / hf['tokens_per_s']:>7.2f}x{memory['ours']:>10.0f}"
+              f"{memory['hf']:>10.0f}{mfu(ours):>10}{mfu(hf):>9}", flush=True)
+    print("ratio = ours / HF on identical padded batches (the kernel gain); dtype a/b = ours in a, HF in b")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import T5Config
-from .fused import Linear, dropout, matmul
+from .fused import Linear, dropout, linear, matmul
 
 
 def relative_position_bucket(relative_position: torch.Tensor, *, bidirectional: bool, num_buckets: int = 32,
@@ -108,18 +108,31 @@ class T5Attention(nn.Module):
         b, length, _ = x.shape
         return x.view(b, length, self.n_heads, self.d_kv).transpose(1, 2)
 
+    def _projections(self, hidden: torch.Tensor, source: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v heads. Self-attention runs q/k/v as ONE GEMM against the concatenated weights, cross-attention
+        k/v as one: a wider GEMM is faster than three narrow ones (and its backward sums the input gradients inside
+        the GEMM), while the parameters stay HF's separate `q`, `k`, `v` (the copy of the weights is tiny)."""
+        inner = self.n_heads * self.d_kv
+        if source is None:
+            qkv = linear(hidden, torch.cat([self.q.weight, self.k.weight, self.v.weight]))
+            q, k, v = qkv.split(inner, dim=-1)
+        else:
+            q = self.q(hidden)
+            k, v = linear(source, torch.cat([self.k.weight, self.v.weight])).split(inner, dim=-1)
+        return self._heads(q), self._heads(k), self._heads(v)
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None, key_value_states: torch.Tensor | None = None,
                 past: KVCache | None = None, static_past: bool = False) -> tuple[torch.Tensor, KVCache]:
         """`key_value_states`: encoder output for cross-attention. `past`: cached (K, V) - appended to for
         self-attention, reused as-is when `static_past` (cross-attention during generation)."""
         b, length, _ = hidden.shape
         hidden = to_autocast_dtype(hidden)
-        q = self._heads(self.q(hidden))
         if past is not None and static_past:
+            q = self._heads(self.q(hidden))
             k, v = past
         else:
-            source = hidden if key_value_states is None else key_value_states
-            k, v = self._heads(self.k(source)), self._heads(self.v(source))
+            q, k, v = self._projections(hidden, key_value_states)
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         p = self.dropout if self.training else 0.0

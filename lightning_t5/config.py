@@ -13,7 +13,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-FUSED_CHOICES = ("auto", "apex", "torch", "none")
+from .fused import BACKENDS as FUSED_CHOICES  # the one list of kernel backends lives in lightning_t5.fused
+
 ATTENTION_CHOICES = ("sdpa", "eager")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 AUTOCAST_CHOICES = (None, "bfloat16", "float16")

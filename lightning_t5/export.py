@@ -6,6 +6,10 @@
 The checkpoint is read with `torch.load(weights_only=True)`; the model is rebuilt from the `model_config` stored in
 its hyper-parameters and written by `T5.save_hf` (config.json + safetensors weights, loadable by
 `transformers.T5ForConditionalGeneration.from_pretrained`).
+
+Every export path (this CLI, `export_checkpoint`, and training's `export_hf=`) rebuilds the model with the CPU-safe
+`model.fused=torch` backend (`EXPORT_BACKEND`): the kernel backend changes no parameter, so a run trained with
+`fused=apex` or `fused=liger` on a GPU machine exports on a machine that has neither.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["export_checkpoint", "load_model"]
+__all__ = ["export_checkpoint", "export_model", "load_model", "EXPORT_BACKEND"]
+
+EXPORT_BACKEND = "torch"  # runs on any CPU; parameter names and values are the same for every backend
+
+
+def _portable_config(model_config: dict) -> dict:
+    return {**model_config, "fused": EXPORT_BACKEND, "compile": False}  # export never needs compiled blocks
 
 
 def load_model(ckpt: str | Path):  # -> lightning_t5.T5
@@ -32,11 +42,22 @@ def load_model(ckpt: str | Path):  # -> lightning_t5.T5
     model_config = (checkpoint.get("hyper_parameters") or {}).get("model_config")
     if model_config is None:
         raise CheckpointError(f"{str(path)!r} has no model_config in its hyper-parameters; not a lightning_t5 run.")
-    config = dict(model_config)
-    config["compile"] = False  # export never needs compiled blocks
-    model = T5(T5Config.from_dict(config))
+    model = T5(T5Config.from_dict(_portable_config(dict(model_config))))
     model.load_state_dict(model_state_dict(checkpoint))
     return model.eval()
+
+
+def export_model(model, out: str | Path) -> Path:  # model: lightning_t5.T5
+    """Write an in-memory T5 (any backend, any device) to `out` in Hugging Face format, through a CPU copy rebuilt
+    on `EXPORT_BACKEND` (what training's `export_hf=` calls); returns `out`."""
+    from lightning_t5 import T5
+
+    portable = T5(model.config.replace(fused=EXPORT_BACKEND, compile=False))
+    state = {k.replace("._orig_mod", ""): v.detach().cpu() for k, v in model.state_dict().items()}
+    portable.load_state_dict(state)
+    out = Path(out)
+    portable.eval().save_hf(str(out))
+    return out
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:

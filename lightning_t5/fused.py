@@ -1,12 +1,20 @@
-"""Kernel backends: NVIDIA Apex when the real thing is installed and CUDA is present, torch's fused ops otherwise.
+"""Kernel backends: NVIDIA Apex or Liger (Triton) when installed and CUDA is present, torch's fused ops otherwise.
 
-`model.fused` selects the backend of RMSNorm, the fused optimizers and the cross-entropy:
+`model.fused` selects the backend of RMSNorm, the gated feed-forward, the AdamW optimizer and the cross-entropy:
 
-* `apex`  - `apex.normalization.FusedRMSNorm`, `apex.optimizers.FusedAdam/FusedLAMB`, `apex.contrib.xentropy`;
-            an error when Apex (with its CUDA extensions) or CUDA is missing.
-* `torch` - `F.rms_norm` computed in fp32, `torch.optim.AdamW(fused=True)`, `torch.optim.Adafactor`.
+* `apex`  - `apex.normalization.FusedRMSNorm`, `apex.optimizers.FusedAdam` (for optim `adamw` and `fused_adam`) and
+            `FusedLAMB`, `apex.contrib.xentropy` (when its extension is built and z_loss is 0); an error when Apex
+            (with its CUDA extensions) or CUDA is missing.
+* `liger` - `liger_kernel` (pip `lightning-t5[liger]`, CUDA only): LigerRMSNorm, Liger's GEGLU (tanh-GELU gated
+            feed-forward, i.e. T5.1.1's `gated-gelu`), and LigerFusedLinearCrossEntropy, which computes the output
+            projection and the cross-entropy in chunks and never materialises [tokens, vocab] logits; torch
+            AdamW(fused=True). An error when liger_kernel, Triton or CUDA is missing.
+* `torch` - `F.rms_norm` computed in fp32, `torch.optim.AdamW(fused=True)`, `torch.optim.Adafactor`, plain CE.
 * `none`  - the plain reference implementation (HF `T5LayerNorm` arithmetic), unfused optimizers.
 * `auto`  - `apex` when available, else `torch`; the choice is logged on `lightning_t5.fused`.
+
+`describe_kernels` names the kernels a built model and optimizer actually run, and `log_kernels` logs that line
+once, so a run's log says what ran rather than what was asked for.
 
 The Apex probe never trusts `import apex` alone: PyPI's `apex` is an unrelated package, and a Python-only Apex build
 imports fine but fails when a fused module is constructed, so the CUDA extension modules are imported too.
@@ -28,7 +36,7 @@ from torch import nn
 
 logger = logging.getLogger("lightning_t5.fused")
 
-BACKENDS = ("auto", "apex", "torch", "none")
+BACKENDS = ("auto", "apex", "liger", "torch", "none")  # the one list of valid `model.fused` values
 OPTIMIZERS = ("adamw", "adafactor", "fused_adam", "fused_lamb")
 
 APEX_INSTALL_HINT = (
@@ -37,14 +45,20 @@ APEX_INSTALL_HINT = (
     "`apex` is unrelated), or set model.fused=torch (or auto) to use torch's fused kernels."
 )
 
+LIGER_INSTALL_HINT = (
+    "Install it with `pip install 'lightning-t5[liger]'` (liger-kernel, which needs Triton and a CUDA GPU), or set "
+    "model.fused=torch (or auto) to use torch's fused kernels."
+)
+
 
 class FusedBackendError(ValueError):
     """The requested `model.fused` backend cannot run here."""
 
 
 @dataclass(frozen=True)
-class ApexStatus:
-    """What the Apex probe found. `available` means: real Apex, its norm/optimizer CUDA extensions, and CUDA."""
+class BackendStatus:
+    """What a backend probe found. Apex: `available` = real Apex, its norm/optimizer CUDA extensions, and CUDA;
+    `xentropy` = its fused softmax-cross-entropy extension is built too."""
 
     available: bool
     reason: str
@@ -60,26 +74,46 @@ def _importable(module: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def probe_apex() -> ApexStatus:
+def probe_apex() -> BackendStatus:
     """Detect a usable NVIDIA Apex (cached; tests clear it with `probe_apex.cache_clear()`)."""
     if importlib.util.find_spec("apex") is None:
-        return ApexStatus(False, "the `apex` package is not installed")
+        return BackendStatus(False, "the `apex` package is not installed")
     if not _importable("apex.normalization"):
-        return ApexStatus(False, "`import apex.normalization` failed (is the installed `apex` the PyPI namesake?)")
+        return BackendStatus(False, "`import apex.normalization` failed (is the installed `apex` the PyPI namesake?)")
     missing = [m for m in ("fused_layer_norm_cuda", "amp_C") if not _importable(m)]
     if missing:
-        return ApexStatus(False, f"Apex was built without its CUDA extensions (missing {', '.join(missing)})")
+        return BackendStatus(False, f"Apex was built without its CUDA extensions (missing {', '.join(missing)})")
     if not torch.cuda.is_available():
-        return ApexStatus(False, "CUDA is not available")
-    return ApexStatus(True, "NVIDIA Apex with CUDA extensions", xentropy=_importable("xentropy_cuda"))
+        return BackendStatus(False, "CUDA is not available")
+    return BackendStatus(True, "NVIDIA Apex with CUDA extensions", xentropy=_importable("xentropy_cuda"))
+
+
+@functools.lru_cache(maxsize=1)
+def probe_liger() -> BackendStatus:
+    """Detect a usable liger_kernel: the package, Triton, and CUDA (Liger's kernels are Triton GPU kernels)."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        return BackendStatus(False, "the `liger_kernel` package is not installed")
+    if importlib.util.find_spec("triton") is None:
+        return BackendStatus(False, "Triton is not installed")
+    if not _importable("liger_kernel.ops"):
+        return BackendStatus(False, "`import liger_kernel.ops` failed")
+    if not torch.cuda.is_available():
+        return BackendStatus(False, "CUDA is not available")
+    return BackendStatus(True, "liger_kernel with Triton on CUDA", xentropy=True)
 
 
 def resolve_backend(requested: str = "auto", *, log: bool = True) -> str:
-    """Map `model.fused` to the backend that runs: "apex", "torch" or "none"."""
+    """Map `model.fused` to the backend that runs: "apex", "liger", "torch" or "none"."""
     if requested not in BACKENDS:
         raise FusedBackendError(f"model.fused={requested!r} is not valid: expected one of {list(BACKENDS)}.")
     if requested in ("torch", "none"):
         return requested
+    if requested == "liger":
+        liger = probe_liger()
+        if not liger.available:
+            raise FusedBackendError(
+                f"model.fused=liger was requested but Liger kernels cannot be used: {liger.reason}. {LIGER_INSTALL_HINT}")
+        return "liger"
     status = probe_apex()
     if requested == "apex":
         if not status.available:
@@ -134,12 +168,35 @@ class TorchRMSNorm(T5RMSNorm):
         return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight=weight.float(), eps=self.eps)
 
 
+class LigerT5RMSNorm(T5RMSNorm):
+    """Liger's Triton RMSNorm with T5's semantics: statistics in fp32 and, for fp32 weights, an fp32 output (the
+    input is upcast first, so Liger's "llama" casting computes exactly T5LayerNorm). Only parameter: `weight`."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        from liger_kernel.ops import LigerRMSNormFunction  # optional dependency: present when the backend resolved
+
+        if self.weight.dtype == torch.float32:
+            hidden_states = hidden_states.float()
+        return LigerRMSNormFunction.apply(hidden_states, self.weight, self.eps, 0.0, "llama", False, None)
+
+
+def gelu_tanh_mul(gate: torch.Tensor, up: torch.Tensor, backend: str) -> torch.Tensor:
+    """gelu_tanh(gate) * up (T5.1.1's gated-gelu): one Liger Triton kernel on the liger backend, torch ops elsewhere."""
+    if backend == "liger" and gate.is_cuda:
+        from liger_kernel.ops import LigerGELUMulFunction
+
+        return LigerGELUMulFunction.apply(gate, up)
+    return F.gelu(gate, approximate="tanh") * up
+
+
 def make_rms_norm(hidden_size: int, eps: float, backend: str) -> nn.Module:
     """An RMSNorm module whose only parameter is `weight` (so state dicts match HF for every backend)."""
     if backend == "apex":
         from apex.normalization import FusedRMSNorm  # type: ignore[import-not-found]
 
         return FusedRMSNorm(hidden_size, eps=eps)
+    if backend == "liger":
+        return LigerT5RMSNorm(hidden_size, eps)
     if backend == "torch":
         return TorchRMSNorm(hidden_size, eps)
     if backend == "none":
@@ -227,7 +284,9 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if x.device.type != "cpu" or not x.is_floating_point() or p >= 1.0:
         return F.dropout(x, p, training=True)
     keep, scale = _keep_mask(x.shape, p, x.device)
-    return x * keep.to(x.dtype).mul_(scale)
+    # the scaled mask in one pass (where), then one multiply; autograd keeps the mask for the backward's multiply
+    mask = torch.where(keep, torch.tensor(scale, dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype))
+    return x * mask
 
 
 class Dropout(nn.Dropout):
@@ -255,8 +314,8 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: fl
                    **kwargs: Any) -> torch.optim.Optimizer:
     """Build the optimizer named by `optim.name` on the `model.fused` backend.
 
-    * `adamw`: torch AdamW, fused kernel unless backend is `none`.
-    * `fused_adam`: Apex FusedAdam (AdamW mode) on the apex backend, else torch AdamW(fused=True).
+    * `adamw` and `fused_adam` (an alias kept for old configs): Apex FusedAdam (AdamW mode) on the apex backend,
+      torch AdamW(fused=True) on torch/liger, unfused torch AdamW on `none`.
     * `fused_lamb`: Apex FusedLAMB; requires the apex backend (torch has no LAMB).
     * `adafactor`: torch.optim.Adafactor (Apex has no fused Adafactor); `eps` is Adafactor's own pair when passed
       through `kwargs["adafactor_eps"]`.
@@ -278,9 +337,68 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: fl
         from apex.optimizers import FusedLAMB  # type: ignore[import-not-found]
 
         return FusedLAMB(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
-    if name == "fused_adam" and resolved == "apex":
+    if name in ("adamw", "fused_adam") and resolved == "apex":
         from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
 
         return FusedAdam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adam_w_mode=True, **kwargs)
     return _torch_adamw(params, fused=resolved != "none", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What runs
+# ---------------------------------------------------------------------------------------------------------------
+def cross_entropy_kernel(backend: str, *, is_cuda: bool, z_loss: float) -> str:
+    """Which cross-entropy implementation `lightning_t5.losses.masked_cross_entropy` runs for these arguments.
+
+    Apex xentropy returns no log-partition, so with z_loss > 0 the apex backend computes the loss with torch."""
+    if backend == "liger" and is_cuda:
+        return "liger.FusedLinearCrossEntropy"
+    if backend == "apex" and is_cuda and probe_apex().xentropy and not z_loss:
+        return "apex.xentropy"
+    return "torch.cross_entropy"
+
+
+def _kernel_name(obj: Any) -> str:
+    cls = type(obj)
+    root = cls.__module__.split(".")[0]
+    if isinstance(obj, LigerT5RMSNorm):
+        return "liger.LigerRMSNorm"
+    if isinstance(obj, TorchRMSNorm):
+        return "torch.F.rms_norm"
+    if isinstance(obj, T5RMSNorm):
+        return "reference(T5LayerNorm)"
+    if isinstance(obj, torch.optim.Optimizer):
+        flags = [k for k in ("fused", "foreach") if obj.defaults.get(k)]
+        suffix = "(fused=True)" if "fused" in flags else "(foreach)" if flags else ""
+        return f"{root}.{cls.__name__}{suffix}"
+    return f"{root}.{cls.__name__}"
+
+
+def describe_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str:
+    """One line naming the kernels a built T5 (and optimizer) actually run, read off the objects themselves."""
+    backend = getattr(model, "backend", "none")
+    config = getattr(model, "config", None)
+    norm = next((m for m in model.modules() if m.__class__.__name__.endswith("RMSNorm")), None)
+    parts = [f"backend={backend}", f"rms_norm={_kernel_name(norm) if norm is not None else 'none'}"]
+    if config is not None and config.is_gated:
+        geglu = backend == "liger" and config.activation == "gelu_new" and model.shared.weight.is_cuda
+        parts.append(f"gated_ff={'liger.GELUMul' if geglu else 'torch'}")
+    is_cuda = bool(next(model.parameters()).is_cuda)
+    parts.append("cross_entropy=" + cross_entropy_kernel(backend, is_cuda=is_cuda,
+                                                          z_loss=float(getattr(config, "z_loss", 0.0) or 0.0)))
+    if optimizer is not None:
+        parts.append(f"optimizer={_kernel_name(optimizer)}")
+    return "kernels: " + ", ".join(parts)
+
+
+_LOGGED: set[str] = set()
+
+
+def log_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str:
+    """Log `describe_kernels` on `lightning_t5.fused` at INFO, once per distinct line in this process."""
+    line = describe_kernels(model, optimizer)
+    if line not in _LOGGED:
+        _LOGGED.add(line)
+        logger.info(line)
+    return line

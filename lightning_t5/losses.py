@@ -1,71 +1,114 @@
-"""Token-level cross-entropy for T5 training: weighted by `decoder_loss_weights`, optional z-loss, Apex xentropy.
+"""The training loss of T5: one masked cross-entropy, with z-loss, on the kernel backend's fastest CE.
 
-The loss of a batch is sum(w_i * CE_i) / sum(w_i) over target tokens (w = 0 on padding), i.e. the mean over real
-target tokens, which makes a packed batch's loss independent of how examples were packed. The z-loss
-(PaLM/T5X: z_loss * log(Z)^2) keeps the softmax normaliser near 1 for bf16 stability.
+The loss of a batch is sum(w_i * (CE_i + z_loss * log(Z_i)^2)) / sum(w_i) over the target positions with
+decoder_loss_weights w > 0, i.e. the mean over real target tokens, which makes a packed batch's loss independent of
+how examples were packed. The z-loss (PaLM/T5X) keeps the softmax normaliser near 1 for bf16 stability.
+
+`masked_cross_entropy` takes the decoder's hidden states at those positions and the output embedding rather than
+logits, so that each backend can choose how to get from one to the other:
+
+* torch / none / apex: logits [N, V] = hidden @ W^T (only the N weighted positions, never padding), then torch's
+  cross-entropy in fp32, or Apex's fused softmax-cross-entropy (`apex.contrib.xentropy`) on CUDA when z_loss is 0.
+* liger (CUDA): LigerFusedLinearCrossEntropy, which does the projection and the cross-entropy in chunks and never
+  materialises the [N, V] logits.
+
+It returns the *sum* and the token count, not a mean: data-parallel training divides the sum by the token count of
+the global batch (`lightning_t5.module`), and `T5.loss` divides by the local count. It is called from inside
+`T5.forward(return_loss=True)`, so the output embedding is used inside the wrapped module's forward, as DDP and FSDP
+(which unshards parameters only for forward) require.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .fused import probe_apex
+from .fused import cross_entropy_kernel
 
 
 @dataclass
 class LossOutput:
-    """`loss` includes the z-loss term; `z_loss` is reported separately (already weighted); `num_tokens` = sum(w)."""
+    """`sum` = sum(w * (CE + z-term)), differentiable; `count` = sum(w); `per_token` [B, L] = detached CE per
+    target position (0 where w = 0, z-term excluded), for per-task metrics; `z_sum` = detached sum(w * z-term)."""
 
-    loss: torch.Tensor
-    z_loss: torch.Tensor
-    num_tokens: torch.Tensor
-    per_token: torch.Tensor  # [B, L] unweighted cross-entropy (fp32), for per-task metrics
+    sum: torch.Tensor
+    count: torch.Tensor
+    per_token: torch.Tensor
+    z_sum: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """Mean per-token loss (z-loss included) over this batch's weighted target tokens."""
+        return self.sum / self.count.clamp_min(1e-8)
+
+    @property
+    def z_loss(self) -> torch.Tensor:
+        """The z-loss part of `loss` (already weighted by z_loss), detached."""
+        return self.z_sum / self.count.clamp_min(1e-8)
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        return self.count
 
 
-def _apex_token_losses(logits: torch.Tensor, targets: torch.Tensor, padding_idx: int) -> torch.Tensor:
+def _torch_token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: float
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    logits = logits.float()
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    z = z_loss * torch.logsumexp(logits, dim=-1).square() if z_loss else None
+    return ce, z
+
+
+def _apex_token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     from apex.contrib.xentropy import SoftmaxCrossEntropyLoss  # type: ignore[import-not-found]
 
-    return SoftmaxCrossEntropyLoss.apply(logits, targets, 0.0, padding_idx, logits.dtype != torch.float32)
+    # padding_idx -100: no target is ignored here (only weighted positions are passed in).
+    return SoftmaxCrossEntropyLoss.apply(logits, targets, 0.0, -100, logits.dtype != torch.float32).float()
 
 
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None, *,
-                        z_loss: float = 0.0, backend: str = "torch", pad_token_id: int = 0) -> LossOutput:
-    """Weighted mean cross-entropy of `logits` [B, L, V] against `targets` [B, L].
+def _liger_token_losses(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor, z_loss: float
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from liger_kernel.ops import LigerFusedLinearCrossEntropyFunction  # optional: present when the backend resolved
 
-    `weights` defaults to `targets != pad_token_id`. `backend="apex"` uses Apex's fused softmax-cross-entropy on
-    CUDA when its `xentropy_cuda` extension is present (it ignores `pad_token_id` targets itself; the weights still
-    apply); every other case uses torch in fp32.
+    """Per-token (CE + z-term) with its gradient, and the detached z-term (None without z-loss).
+    reduction="none" takes per-token upstream gradients, i.e. the loss weights."""
+    total, z, *_ = LigerFusedLinearCrossEntropyFunction.apply(
+        hidden, output_weight, targets, None, None, -100, float(z_loss), 0.0, "none", None, bool(z_loss))
+    return total.float(), (z.float().detach() if z_loss else None)
+
+
+def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor,
+                         weights: torch.Tensor, mask: torch.Tensor, *, z_loss: float = 0.0, backend: str = "torch",
+                         project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear) -> LossOutput:
+    """THE training loss (see the module docstring).
+
+    hidden [N, d]: decoder output at the N positions where `mask` [B, L] is True (row-major order), already scaled
+    as the output layer expects; output_weight [V, d]; targets, weights [N]: those positions' target ids and loss
+    weights. `project(hidden, weight)` computes logits where the backend needs them (`lightning_t5.fused.linear`
+    in the model, for its CPU bf16 path). Returns sums (see `LossOutput`); `per_token` is scattered back to [B, L].
     """
-    if weights is None:
-        weights = (targets != pad_token_id).float()
+    targets = targets.long()
     weights = weights.float()
-    vocab = logits.shape[-1]
-    flat_logits = logits.reshape(-1, vocab)
-    flat_targets = targets.reshape(-1).long()
-    use_apex = backend == "apex" and flat_logits.is_cuda and probe_apex().xentropy and z_loss == 0.0
-    if use_apex:
-        per_token = _apex_token_losses(flat_logits, flat_targets, pad_token_id).float()
-        z_term = flat_logits.new_zeros((), dtype=torch.float32)
+    kernel = cross_entropy_kernel(backend, is_cuda=hidden.is_cuda, z_loss=z_loss)
+    if kernel == "liger.FusedLinearCrossEntropy":
+        total, z = _liger_token_losses(hidden, output_weight, targets, z_loss)
+        ce = total - z if z is not None else total
     else:
-        flat_logits = flat_logits.float()
-        lse = torch.logsumexp(flat_logits, dim=-1)
-        target_logit = flat_logits.gather(-1, flat_targets.clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
-        per_token = lse - target_logit
-        z_term = lse.square() * z_loss if z_loss else None
-    flat_w = weights.reshape(-1)
-    denom = flat_w.sum().clamp_min(1e-8)
-    loss = (per_token * flat_w).sum() / denom
-    if z_term is not None and z_term.dim() > 0:
-        z_value = (z_term * flat_w).sum() / denom
-    else:
-        z_value = loss.new_zeros(())
-    return LossOutput(loss=loss + z_value, z_loss=z_value.detach(), num_tokens=flat_w.sum().detach(),
-                      per_token=per_token.view(targets.shape))
+        logits = project(hidden, output_weight)
+        if kernel == "apex.xentropy":
+            ce, z = _apex_token_losses(logits, targets), None
+        else:
+            ce, z = _torch_token_losses(logits, targets, z_loss)
+        total = ce + z if z is not None else ce
+    loss_sum = (total * weights).sum()
+    z_sum = (z.detach() * weights).sum() if z is not None else loss_sum.detach().new_zeros(())
+    per_token = ce.detach().new_zeros(mask.shape).masked_scatter(mask, ce.detach())
+    return LossOutput(sum=loss_sum, count=weights.sum().detach(), per_token=per_token, z_sum=z_sum)
 
 
 def hf_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Hugging Face's loss: mean cross-entropy over labels != -100 (computed in fp32)."""
+    """Hugging Face's loss: mean cross-entropy over labels != -100 (computed in fp32). Used by the HF-style call."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(), ignore_index=-100)

@@ -22,12 +22,12 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, T5Attention, combine_bias_and_mask, position_bias, to_autocast_dtype
 from .config import T5Config
-from .fused import Dropout, Linear, linear, make_rms_norm, resolve_backend
-from .losses import LossOutput, hf_cross_entropy, token_cross_entropy
+from .fused import Dropout, Linear, gelu_tanh_mul, linear, make_rms_norm, resolve_backend
+from .losses import LossOutput, hf_cross_entropy, masked_cross_entropy
 
 SEQIO_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
                 "encoder_positions", "decoder_positions")
-SEQIO_EXTRAS = ("decoder_target_tokens", "decoder_loss_weights", "decoder_task_ids")
+SEQIO_EXTRAS = ("decoder_target_tokens", "decoder_loss_weights", "decoder_task_ids")  # accepted by forward
 
 _ACTIVATIONS = {
     "relu": F.relu,
@@ -75,23 +75,30 @@ class T5DenseActDense(nn.Module):
 
 
 class T5DenseGatedActDense(nn.Module):
-    def __init__(self, cfg: T5Config) -> None:
+    """wo(act(wi_0 x) * wi_1 x). With T5.1.1's tanh-GELU on the liger backend, act-and-multiply is one Liger kernel."""
+
+    def __init__(self, cfg: T5Config, backend: str = "torch") -> None:
         super().__init__()
         self.wi_0 = Linear(cfg.d_model, cfg.d_ff)
         self.wi_1 = Linear(cfg.d_model, cfg.d_ff)
         self.wo = Linear(cfg.d_ff, cfg.d_model)
         self.dropout = Dropout(cfg.dropout_rate)
         self.act = _ACTIVATIONS[cfg.activation]
+        self.backend = backend if cfg.activation == "gelu_new" else "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_autocast_dtype(x)
-        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+        # wi_0 and wi_1 as one GEMM against the concatenated weights (faster than two; parameters stay HF's)
+        gate, up = linear(x, torch.cat([self.wi_0.weight, self.wi_1.weight])).chunk(2, dim=-1)
+        if self.backend == "liger":
+            return self.wo(self.dropout(gelu_tanh_mul(gate, up, self.backend)))
+        return self.wo(self.dropout(self.act(gate) * up))
 
 
 class T5LayerFF(nn.Module):
     def __init__(self, cfg: T5Config, backend: str) -> None:
         super().__init__()
-        self.DenseReluDense = T5DenseGatedActDense(cfg) if cfg.is_gated else T5DenseActDense(cfg)
+        self.DenseReluDense = T5DenseGatedActDense(cfg, backend) if cfg.is_gated else T5DenseActDense(cfg)
         self.layer_norm = make_rms_norm(cfg.d_model, cfg.layer_norm_epsilon, backend)
         self.dropout = Dropout(cfg.dropout_rate)
 
@@ -321,11 +328,14 @@ class T5(nn.Module):
         hidden, _ = self.decoder(self.shared(decoder_input_ids), self_mask, encoder_hidden, cross_mask)
         return hidden
 
-    def lm_logits(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
+    def _output_hidden(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
+        """The decoder output as the output projection takes it (scaled by d_model^-0.5 for tied embeddings)."""
         if self.config.scale_outputs:
             decoder_hidden = decoder_hidden * (self.config.d_model ** -0.5)
-        weight = self.shared.weight if self.lm_head is None else self.lm_head.weight
-        return linear(decoder_hidden, weight)
+        return decoder_hidden
+
+    def lm_logits(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
+        return linear(self._output_hidden(decoder_hidden), self.output_embedding())
 
     def output_embedding(self) -> torch.Tensor:
         return self.shared.weight if self.lm_head is None else self.lm_head.weight
@@ -338,16 +348,26 @@ class T5(nn.Module):
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, logits_mask: torch.Tensor | None = None,
-                **batch_extras: Any) -> torch.Tensor | Seq2SeqLMOutput:
-        """seqio names -> logits [B, Lt, V]; HF names (`input_ids`, ...) -> `Seq2SeqLMOutput`.
+                decoder_target_tokens: torch.Tensor | None = None, decoder_loss_weights: torch.Tensor | None = None,
+                return_loss: bool = False, z_loss: float | None = None,
+                **batch_extras: Any) -> torch.Tensor | Seq2SeqLMOutput | LossOutput:
+        """seqio names -> logits [B, Lt, V]; HF names (`input_ids`, ...) -> `Seq2SeqLMOutput`;
+        seqio names + `return_loss=True` -> the training loss (`LossOutput`, see below).
 
         `logits_mask` (bool [B, Lt], seqio call only): return the logits of the True positions only, as [N, V] in
         row-major order. Training passes `decoder_loss_weights > 0`: padding rows of a packed or padded batch then
         cost no output projection and no softmax (with an 8k-32k vocabulary that is most of a small model's
         decoder compute when targets are short), and the loss and its gradients are unchanged.
 
-        Extra seqio batch keys (decoder_target_tokens, decoder_loss_weights, decoder_task_ids) are accepted and
-        ignored so that `model(**batch)` works; use `model.loss(batch)` for the training loss.
+        `return_loss=True` (the training path: `model(**batch, return_loss=True)`): the loss of
+        `decoder_target_tokens` weighted by `decoder_loss_weights` (default: targets != pad), computed by
+        `lightning_t5.losses.masked_cross_entropy` on the positions with weight > 0 only (the logits_mask saving
+        above) with the backend's cross-entropy kernel; `z_loss` defaults to `config.z_loss`. The loss is computed
+        here, inside forward, because Liger's fused linear cross-entropy reads the output embedding, which FSDP
+        unshards only during the wrapped module's forward. Returns sums (`LossOutput.sum`, `.count`) so that
+        data-parallel training can normalise by the global token count.
+
+        Other seqio batch keys (decoder_task_ids) are accepted and ignored so that `model(**batch)` works.
         """
         unknown = [k for k in batch_extras if k not in SEQIO_EXTRAS]
         if unknown:
@@ -363,9 +383,22 @@ class T5(nn.Module):
             encoder_hidden = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions)
             decoder_hidden = self.decode(decoder_input_tokens, encoder_hidden, decoder_segment_ids, decoder_positions,
                                          encoder_segment_ids=encoder_segment_ids)
+            if return_loss:
+                return self._loss(decoder_hidden, decoder_target_tokens, decoder_loss_weights, z_loss)
             if logits_mask is not None:
                 decoder_hidden = decoder_hidden[logits_mask.bool()]
             return self.lm_logits(decoder_hidden)
+
+    def _loss(self, decoder_hidden: torch.Tensor, targets: torch.Tensor | None, weights: torch.Tensor | None,
+              z_loss: float | None) -> LossOutput:
+        if targets is None:
+            raise TypeError("T5.forward(return_loss=True) needs decoder_target_tokens (and decoder_loss_weights).")
+        if weights is None:
+            weights = (targets != self.config.pad_token_id).float()
+        mask = weights > 0
+        return masked_cross_entropy(self._output_hidden(decoder_hidden[mask]), self.output_embedding(),
+                                    targets[mask], weights[mask], mask, backend=self.backend, project=linear,
+                                    z_loss=self.config.z_loss if z_loss is None else float(z_loss))
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs from labels (HF `_shift_right`): prepend the start token, drop the last, -100 -> pad."""
@@ -390,18 +423,9 @@ class T5(nn.Module):
         return Seq2SeqLMOutput(logits=logits, loss=loss, encoder_last_hidden_state=encoder_hidden)
 
     def loss(self, batch: Mapping[str, torch.Tensor], z_loss: float | None = None) -> LossOutput:
-        """Training loss of a seqio batch: mean cross-entropy over tokens with decoder_loss_weights (+ z-loss)."""
-        targets = batch["decoder_target_tokens"]
-        weights = batch.get("decoder_loss_weights")
-        if weights is None:
-            weights = (targets != self.config.pad_token_id).float()
-        mask = weights > 0
-        logits = self(**{k: batch[k] for k in SEQIO_INPUTS if k in batch}, logits_mask=mask)
-        out = token_cross_entropy(logits, targets[mask], weights[mask], backend=self.backend,
-                                  z_loss=self.config.z_loss if z_loss is None else z_loss,
-                                  pad_token_id=self.config.pad_token_id)
-        out.per_token = out.per_token.new_zeros(targets.shape).masked_scatter(mask, out.per_token)
-        return out
+        """Training loss of a seqio batch (`self(**batch, return_loss=True)`); `.loss` is the per-token mean."""
+        return self(**{k: batch[k] for k in (*SEQIO_INPUTS, *SEQIO_EXTRAS) if k in batch}, return_loss=True,
+                    z_loss=z_loss)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -14,45 +14,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from lightning_t5.evaluation import benchmark_averages, gather_predictions
+from lightning_t5.fused import log_kernels, make_optimizer
+from lightning_t5.model import SEQIO_INPUTS
 
-__all__ = ["T5LightningModule", "token_losses", "weighted_loss_sum", "lr_lambda", "build_optimizer",
-           "NonFiniteLossError"]
+__all__ = ["T5LightningModule", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
 
-MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
-                "encoder_positions", "decoder_positions")
+LOSS_INPUTS = (*SEQIO_INPUTS, "decoder_target_tokens", "decoder_loss_weights")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; the message names the step and the tasks in the offending batch."""
-
-
-def token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
-    """Per-token cross-entropy in fp32 (any leading shape: [B, L], or [N] for masked positions), plus
-    z_loss * logsumexp(logits)^2 (PaLM/T5X z-loss) when enabled."""
-    logits = logits.float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long(),
-                         reduction="none").view(targets.shape)
-    if z_loss:
-        ce = ce + z_loss * torch.logsumexp(logits, dim=-1).square()
-    return ce
-
-
-def weighted_loss_sum(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], z_loss: float = 0.0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum(w * CE) over a seqio batch's target tokens, and the detached per-token losses [B, L] (0 where w = 0).
-
-    Logits are computed only where the loss has weight (`T5.forward(logits_mask=...)`): padding costs no output
-    projection or softmax, the loss and its gradients are those of the full [B, L, V] computation.
-    """
-    weights = batch["decoder_loss_weights"].float()
-    mask = weights > 0
-    logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, logits_mask=mask)
-    selected = token_losses(logits, batch["decoder_target_tokens"][mask], z_loss)
-    losses = selected.detach().new_zeros(weights.shape).masked_scatter(mask, selected.detach())
-    return (selected * weights[mask]).sum(), losses
 
 
 def lr_lambda(schedule: str, *, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
@@ -98,8 +71,6 @@ def build_optimizer(model: torch.nn.Module, optim: Mapping[str, Any]) -> torch.o
     1/sqrt(max(step, 1e4)), so the `inverse_sqrt` LambdaLR on top of it agrees with it rather than decaying twice.
     Weight decay applies to matrices only (norm scales are excluded), the usual AdamW practice.
     """
-    from lightning_t5.fused import make_optimizer
-
     name = str(optim["name"])
     weight_decay = float(optim.get("weight_decay", 0.0) or 0.0)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -140,7 +111,7 @@ class T5LightningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        out = self.model(**{k: batch[k] for k in SEQIO_INPUTS if k in batch})
         return getattr(out, "logits", out)
 
     def _reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
@@ -149,10 +120,12 @@ class T5LightningModule(pl.LightningModule):
         return self.trainer.strategy.reduce(value.clone(), reduce_op="sum")
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        local_sum, losses = weighted_loss_sum(self.model, batch, self.z_loss)
-        local_tokens = batch["decoder_loss_weights"].float().sum()
+        # The model's forward computes the loss (lightning_t5.losses.masked_cross_entropy): under DDP/FSDP only the
+        # wrapped module's forward may run the model, and Liger's fused CE needs the output embedding in there.
+        out = self.model(**{k: batch[k] for k in LOSS_INPUTS if k in batch}, return_loss=True, z_loss=self.z_loss)
+        local_sum, losses = out.sum, out.per_token
         world = self.trainer.world_size if self._trainer is not None else 1
-        global_tokens = self._reduce_sum(local_tokens).clamp(min=1.0)
+        global_tokens = self._reduce_sum(out.count).clamp(min=1.0)
         loss = local_sum * world / global_tokens
         mean_loss = self._reduce_sum(local_sum.detach()) / global_tokens  # the global batch's per-token loss
 
@@ -195,6 +168,7 @@ class T5LightningModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optim = dict(self.hparams["optim"])
         optimizer = build_optimizer(self.model, optim)
+        log_kernels(self.model, optimizer)
         schedule = lr_lambda(optim.get("schedule", "constant"), warmup_steps=int(optim.get("warmup_steps", 0)),
                              total_steps=int(self.hparams["total_steps"]),
                              min_lr_ratio=float(optim.get("min_lr_ratio", 0.0) or 0.0))

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_t5.fused import BACKENDS as FUSED_CHOICES
+
 __all__ = [
     "ConfigError",
     "RunConfig",
@@ -264,7 +266,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed",
                          "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "single_device"),
-    "model.fused": ("auto", "apex", "torch", "none"),
+    "model.fused": FUSED_CHOICES,
 }
 
 _POSITIVE = ("data.batch_size", "data.sequence_length.inputs", "data.sequence_length.targets", "trainer.max_steps",

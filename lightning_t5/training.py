@@ -300,7 +300,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         print("\n" + table + "\n")
         print(f"run directory: {run_dir}")
         if cfg.export_hf:
-            module.model.save_hf(str(cfg.export_hf))
+            from lightning_t5.export import export_model
+
+            export_model(module.model, cfg.export_hf)
             print(f"exported Hugging Face model to {cfg.export_hf}")
     return result
 

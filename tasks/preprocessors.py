@@ -15,6 +15,7 @@ so we spell those classes out instead of relying on Python's Unicode-aware ones.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +27,8 @@ Row = dict[str, Any]
 TextPreprocessor = Callable[..., "Row | list[Row] | None"]
 
 _RE2_SPACE = r"[\t\n\f\r ]"
-_RE2_NONWORD = re.compile(r"([^0-9A-Za-z_])")  # RE2 \W (ASCII word characters only)
+# RE2's [[:punct:]] is the 32 ASCII punctuation characters, exactly Python's string.punctuation.
+_RE2_PUNCT = re.compile("([" + re.escape(string.punctuation) + "])")
 _RE2_SPACES = re.compile(_RE2_SPACE + "+")
 
 
@@ -194,10 +196,11 @@ def record(row: Row) -> list[Row]:
 
 
 def pad_punctuation(text: str) -> str:
-    """t5's ``_pad_punctuation``: a space on both sides of every non-[A-Za-z0-9_] character
-    (RE2 ``\\W``; accented letters count as punctuation), then runs of whitespace become one space.
-    No stripping, so a trailing "?" leaves a trailing space, as in T5's data."""
-    return _RE2_SPACES.sub(" ", _RE2_NONWORD.sub(r" \1 ", text))
+    """t5's ``_pad_punctuation``: ``regex_replace(text, r'([[:punct:]])', r' \\1 ')`` then runs of whitespace
+    (RE2 ``\\s``) become one space. RE2's ``[[:punct:]]`` is ASCII punctuation only, so ``24–10``, ``x’s``, ``5°C``,
+    ``€5`` and accented letters stay as they are. No stripping: a trailing "?" leaves a trailing space, as in T5's
+    data."""
+    return _RE2_SPACES.sub(" ", _RE2_PUNCT.sub(r" \1 ", text))
 
 
 def _string_join(parts: Sequence[str]) -> str:

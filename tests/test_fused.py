@@ -1,17 +1,21 @@
-"""Kernel backends: selection logic (Apex probe mocked), torch vs reference equivalence, optimizers, losses."""
+"""Kernel backends: selection logic (tests named `*_mocked_*` replace the Apex probe), torch vs reference
+equivalence, the loss, the kernel log line, and CUDA-only equivalence of the Apex and Liger backends to torch."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
 
 from lightning_t5 import T5, T5Config
 from lightning_t5 import fused
-from lightning_t5.fused import ApexStatus, FusedBackendError, T5RMSNorm, TorchRMSNorm, make_optimizer
-from lightning_t5.losses import token_cross_entropy
+from lightning_t5.fused import BackendStatus, FusedBackendError, T5RMSNorm, TorchRMSNorm, make_optimizer
+from lightning_t5.losses import masked_cross_entropy
 
 SMALL = dict(name="test", vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
              relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
@@ -32,22 +36,33 @@ def test_explicit_backends_pass_through():
         fused.resolve_backend("cuda")
 
 
-def test_auto_without_apex_logs_torch(monkeypatch, caplog):
-    monkeypatch.setattr(fused, "probe_apex", lambda: ApexStatus(False, "the `apex` package is not installed"))
+def test_liger_requested_where_it_cannot_run_is_a_clear_error():
+    """No mock: on this machine either liger_kernel is missing or CUDA is (the CUDA tests below cover the rest)."""
+    if fused.probe_liger().available:
+        pytest.skip("Liger kernels run here")
+    with pytest.raises(FusedBackendError) as err:
+        T5(T5Config(**SMALL, fused="liger"))
+    message = str(err.value)
+    assert "model.fused=liger" in message and fused.probe_liger().reason in message
+    assert "lightning-t5[liger]" in message and "model.fused=torch" in message
+
+
+def test_selection_logic_mocked_apex_absent_auto_picks_torch(monkeypatch, caplog):
+    monkeypatch.setattr(fused, "probe_apex", lambda: BackendStatus(False, "the `apex` package is not installed"))
     with caplog.at_level(logging.INFO, logger="lightning_t5.fused"):
         assert fused.resolve_backend("auto") == "torch"
     assert "torch backend" in caplog.text and "not installed" in caplog.text
 
 
-def test_auto_with_apex_logs_apex(monkeypatch, caplog):
-    monkeypatch.setattr(fused, "probe_apex", lambda: ApexStatus(True, "NVIDIA Apex with CUDA extensions", True))
+def test_selection_logic_mocked_apex_present_auto_picks_apex(monkeypatch, caplog):
+    monkeypatch.setattr(fused, "probe_apex", lambda: BackendStatus(True, "NVIDIA Apex with CUDA extensions", True))
     with caplog.at_level(logging.INFO, logger="lightning_t5.fused"):
         assert fused.resolve_backend("auto") == "apex"
     assert "apex backend" in caplog.text
 
 
-def test_apex_requested_but_missing_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(fused, "probe_apex", lambda: ApexStatus(False, "CUDA is not available"))
+def test_selection_logic_mocked_apex_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(fused, "probe_apex", lambda: BackendStatus(False, "CUDA is not available"))
     with pytest.raises(FusedBackendError) as err:
         T5(T5Config(**SMALL, fused="apex"))
     message = str(err.value)
@@ -145,17 +160,132 @@ def test_optimizers():
         make_optimizer("sgd", [], lr=1.0)
 
 
-def test_token_cross_entropy_matches_weighted_torch_loss():
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_masked_cross_entropy_sums_weighted_token_losses(z_loss):
     torch.manual_seed(3)
-    logits, targets = torch.randn(2, 6, 11), torch.randint(1, 11, (2, 6))
-    targets[1, 4:] = 0
-    weights = (targets != 0).float()
-    out = token_cross_entropy(logits, targets, weights)
-    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), reduction="none")
-    torch.testing.assert_close(out.loss, (per_token * weights.reshape(-1)).sum() / weights.sum())
-    torch.testing.assert_close(out.per_token.reshape(-1), per_token)
-    assert out.num_tokens == 10
-    torch.testing.assert_close(token_cross_entropy(logits, targets).loss, out.loss)  # weights default to non-pad
+    hidden, weight = torch.randn(2, 6, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(1, 11, (2, 6))
+    weights = torch.ones(2, 6)
+    weights[1, 4:] = 0.0
+    weights[0, 0] = 0.5
+    mask = weights > 0
+    out = masked_cross_entropy(hidden[mask], weight, targets[mask], weights[mask], mask, z_loss=z_loss)
+    logits = (hidden @ weight.T).reshape(-1, 11)
+    ce = torch.nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="none")
+    z = z_loss * torch.logsumexp(logits, -1).square()
+    expected = ((ce + z) * weights.reshape(-1)).sum()
+    torch.testing.assert_close(out.sum, expected)
+    torch.testing.assert_close(out.count, torch.tensor(9.5))
+    torch.testing.assert_close(out.loss, expected / 9.5)
+    torch.testing.assert_close(out.z_loss, (z * weights.reshape(-1)).sum() / 9.5)
+    torch.testing.assert_close(out.per_token.reshape(-1), ce.detach() * mask.reshape(-1))
+    (g_out,) = torch.autograd.grad(out.sum, weight)
+    (g_ref,) = torch.autograd.grad(expected, weight)
+    torch.testing.assert_close(g_out, g_ref)
+
+
+def test_kernel_line_names_what_runs_and_is_logged_once(caplog):
+    model = T5(T5Config(**SMALL, fused="torch"))
+    opt = make_optimizer("adamw", model.parameters(), lr=1e-3, backend=model.backend)
+    line = fused.describe_kernels(model, opt)
+    assert line == ("kernels: backend=torch, rms_norm=torch.F.rms_norm, gated_ff=torch, "
+                    "cross_entropy=torch.cross_entropy, optimizer=torch.AdamW(fused=True)")
+    reference = T5(T5Config(**SMALL, fused="none"))
+    assert "rms_norm=reference(T5LayerNorm)" in fused.describe_kernels(reference)
+    assert "optimizer=torch.AdamW" in fused.describe_kernels(
+        reference, make_optimizer("adamw", reference.parameters(), lr=1e-3, backend="none"))
+    fused._LOGGED.discard(line)
+    with caplog.at_level(logging.INFO, logger="lightning_t5.fused"):
+        fused.log_kernels(model, opt)
+        fused.log_kernels(model, opt)
+    assert caplog.text.count("kernels: backend=torch") == 1
+
+
+# -- the Apex and Liger backends against torch, where they exist ----------------------------------------------------
+def _backend_run(backend: str, dtype: str | None, seed: int = 4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and gradients of one packed-style batch on CUDA (T5.1.1 layout: gated tanh-GELU, untied head)."""
+    torch.manual_seed(seed)
+    model = T5(T5Config(**{**SMALL, "vocab_size": 256, "d_model": 64, "d_ff": 128}, fused=backend,
+                        autocast_dtype=dtype, z_loss=1e-3 if backend != "apex" else 0.0)).cuda()
+    enc, dec = torch.randint(2, 256, (4, 24), device="cuda"), torch.randint(2, 256, (4, 12), device="cuda")
+    weights = torch.ones(4, 12, device="cuda")
+    weights[:, 9:] = 0
+    batch = dict(encoder_input_tokens=enc, decoder_input_tokens=dec, decoder_target_tokens=dec.roll(-1, 1),
+                 decoder_loss_weights=weights)
+    out = model.loss(batch)
+    out.sum.backward()
+    return out.loss.detach(), {n: p.grad.detach().float() for n, p in model.named_parameters()}
+
+
+def _assert_backend_matches_torch(backend: str, dtype: str | None, atol: float, rtol: float) -> None:
+    for seed in (4,):
+        loss, grads = _backend_run(backend, dtype, seed)
+        ref_loss, ref_grads = _backend_run("torch", dtype, seed)
+        torch.testing.assert_close(loss, ref_loss, atol=atol, rtol=rtol)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, ref_grads[name], atol=atol, rtol=rtol, msg=name)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(None, 2e-4), ("bfloat16", 3e-2)])
+def test_apex_backend_matches_torch_on_cuda(dtype, tol):
+    if not fused.probe_apex().available:
+        pytest.skip(f"NVIDIA Apex unusable: {fused.probe_apex().reason}")
+    _assert_backend_matches_torch("apex", dtype, tol, tol)
+    model = T5(T5Config(**SMALL, fused="apex")).cuda()
+    opt = make_optimizer("adamw", model.parameters(), lr=1e-3, backend="apex")
+    assert type(opt).__name__ == "FusedAdam"
+    line = fused.describe_kernels(model, opt)
+    assert "rms_norm=apex.FusedRMSNorm" in line and "optimizer=apex.FusedAdam" in line
+    _step_matches = [_step("adamw", "apex"), _step("adamw", "torch")]
+    torch.testing.assert_close(*_step_matches, atol=1e-5, rtol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(None, 2e-4), ("bfloat16", 3e-2)])
+def test_liger_backend_matches_torch_on_cuda(dtype, tol):
+    if not fused.probe_liger().available:
+        pytest.skip(f"Liger unusable: {fused.probe_liger().reason}")
+    _assert_backend_matches_torch("liger", dtype, tol, tol)
+    model = T5(T5Config(**SMALL, fused="liger")).cuda()
+    line = fused.describe_kernels(model)
+    assert "rms_norm=liger.LigerRMSNorm" in line and "gated_ff=liger.GELUMul" in line
+    assert "cross_entropy=liger.FusedLinearCrossEntropy" in line
+
+
+_INTERPRET_SCRIPT = textwrap.dedent("""
+    import torch
+    from lightning_t5.losses import _liger_token_losses
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(10, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)
+    targets, w = torch.randint(0, 40, (10,)), torch.rand(10)
+    total, z = _liger_token_losses(hidden, weight, targets, 1e-2)
+    (total * w).sum().backward()
+    got = (total.detach(), z, hidden.grad.clone(), weight.grad.clone())
+    hidden.grad = weight.grad = None
+    logits = hidden @ weight.T
+    ref_z = 1e-2 * torch.logsumexp(logits, -1).square()
+    ref = torch.nn.functional.cross_entropy(logits, targets, reduction="none") + ref_z
+    (ref * w).sum().backward()
+    for a, b in zip(got, (ref.detach(), ref_z.detach(), hidden.grad, weight.grad)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    print("OK")
+""")
+
+
+def test_liger_fused_linear_cross_entropy_under_triton_interpreter_on_cpu():
+    """Liger's fused linear CE (the loss path of fused=liger) against torch, run by Triton's CPU interpreter.
+    (Liger's RMSNorm and GEGLU kernels do not run under the interpreter in liger-kernel 0.8.5; they are covered by
+    the CUDA test above.)"""
+    pytest.importorskip("liger_kernel")
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
+    result = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
 
 
 # -- dropout ------------------------------------------------------------------------------------------------------

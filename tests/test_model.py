@@ -249,10 +249,9 @@ def test_compiled_blocks_match_eager_and_keep_state_dict_names():
 
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
 def test_logits_only_at_weighted_positions_same_loss_and_grads(z_loss):
-    """Training computes logits only where decoder_loss_weights > 0; loss and gradients equal the full [B, L, V]
-    computation (padding and zero-weight positions contribute nothing to either)."""
-    from lightning_t5.module import token_losses, weighted_loss_sum
-
+    """The training loss (`model(**batch, return_loss=True)`, which `T5.loss` and the Lightning training step call)
+    computes logits only where decoder_loss_weights > 0; loss and gradients equal the full [B, L, V] computation
+    (padding and zero-weight positions contribute nothing to either)."""
     model = make_model(seed=11).eval()
     rows = [pack(random_examples(3, seed=s), 30, 20) for s in (4, 5)]
     batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
@@ -266,21 +265,19 @@ def test_logits_only_at_weighted_positions_same_loss_and_grads(z_loss):
 
     full_logits = model(**{k: v for k, v in batch.items()})
     assert full_logits.shape[:2] == weights.shape
-    full = (token_losses(full_logits, batch["decoder_target_tokens"], z_loss) * weights).sum()
+    flat = full_logits.float().reshape(-1, full_logits.shape[-1])
+    ce = torch.nn.functional.cross_entropy(flat, batch["decoder_target_tokens"].reshape(-1).long(), reduction="none")
+    z = z_loss * torch.logsumexp(flat, -1).square()
+    full = ((ce + z) * weights.reshape(-1)).sum()
     full.backward()
     ref = grads()
 
-    masked, per_token = weighted_loss_sum(model, batch, z_loss)
-    masked.backward()
-    torch.testing.assert_close(masked, full, atol=1e-5, rtol=1e-5)
+    out = model(**batch, return_loss=True, z_loss=z_loss)
+    out.sum.backward()
+    torch.testing.assert_close(out.sum, full, atol=1e-5, rtol=1e-5)
     for g, r in zip(grads(), ref):
         torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
-    assert per_token.shape == weights.shape and bool((per_token[weights == 0] == 0).all())
-
-    from lightning_t5.losses import token_cross_entropy
-
-    expected = token_cross_entropy(full_logits.detach(), batch["decoder_target_tokens"], weights, z_loss=z_loss)
-    out = model.loss(batch, z_loss=z_loss)
-    torch.testing.assert_close(out.loss, expected.loss, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(out.per_token[weights > 0], expected.per_token[weights > 0], atol=1e-6, rtol=1e-5)
-    assert bool((out.per_token[weights == 0] == 0).all())
+    assert out.per_token.shape == weights.shape and bool((out.per_token[weights == 0] == 0).all())
+    torch.testing.assert_close(out.per_token[weights > 0], ce.detach().view(weights.shape)[weights > 0])
+    assert float(out.count) == float(weights.sum())
+    torch.testing.assert_close(model.loss(batch, z_loss=z_loss).loss, full.detach() / weights.sum())

@@ -6,6 +6,14 @@ Face layout (what the t5 library saw through TFDS).
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import string
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tasks import InMemorySource, TaskRegistry
@@ -111,7 +119,7 @@ def test_squad_shipped_punctuation_padding():
         "American football game to determine the champion of the National Football League ( NFL ) for the "
         "2015 season . "
     )
-    assert "Carolina Panthers 24 – 10 to earn" in ex["inputs"]
+    assert "Carolina Panthers 24–10 to earn" in ex["inputs"]  # the en dash is not ASCII: t5 leaves it alone
     assert "at Levi ' s Stadium" in ex["inputs"]
     assert ex["inputs"].endswith(" . ")  # t5 does not strip the padded final period
     assert ex["targets"] == "Denver Broncos"
@@ -122,10 +130,55 @@ def test_squad_in_memory_hand_checked():
     rows = [{"id": "x", "title": "t", "context": "It's 4 (four), café.", "question": "What's 2+2?",
              "answers": {"text": ["4 (four)"], "answer_start": [5]}}]
     (ex,) = all_examples("squad", rows)
-    assert ex["inputs"] == "question: What ' s 2 + 2 ? context: It ' s 4 ( four ) , caf é . "
+    assert ex["inputs"] == "question: What ' s 2 + 2 ? context: It ' s 4 ( four ) , café . "
     assert ex["targets"] == "4 ( four ) "
-    # RE2's \W is ASCII-only, so accented letters are padded like punctuation.
-    assert pad_punctuation("Beyoncé") == "Beyonc é "
+
+
+@pytest.mark.parametrize("text", ["24–10", "x’s", "5°C", "€5", "Beyoncé", "«oui»", "a\u00a0b"])
+def test_pad_punctuation_leaves_non_ascii_alone(text):
+    """t5's _pad_punctuation pads RE2 [[:punct:]], which is ASCII punctuation only."""
+    assert pad_punctuation(text) == text
+
+
+def test_pad_punctuation_pads_every_ascii_punctuation_mark():
+    for mark in string.punctuation:
+        assert pad_punctuation(f"a{mark}b") == f"a {mark} b", mark
+    assert pad_punctuation("Levi's  24–10 (5°C)\n") == "Levi ' s 24–10 ( 5°C ) "
+
+
+def _t5_pad_punctuation(text: str) -> str:
+    """Direct reimplementation of t5.data.preprocessors._pad_punctuation (RE2: [[:punct:]] and \\s are ASCII)."""
+    text = re.sub(r"([!-/:-@\[-`{-~])", r" \1 ", text)
+    return re.sub(r"[\t\n\f\r ]+", " ", text)
+
+
+def _t5_squad(row: dict) -> dict:
+    """t5.data.preprocessors.squad (include_context=True) with _string_join = join on " " + collapse whitespace."""
+    answers = [_t5_pad_punctuation(a) for a in row["answers"]["text"]]
+    q, c = _t5_pad_punctuation(row["question"]), _t5_pad_punctuation(row["context"])
+    inputs = re.sub(r"[\t\n\f\r ]+", " ", " ".join(["question:", q, "context:", c]))
+    return {"inputs": inputs, "targets": answers[0], "answers": answers}
+
+
+def test_squad_cli_matches_the_t5_preprocessor_character_for_character():
+    """`python -m tasks show squad --split validation -n 25 --json` on data/squad against the reimplementation
+    above; the rows include non-ASCII punctuation (24–10 in the first context)."""
+    assert set(string.punctuation) == {chr(c) for c in range(128) if re.fullmatch(r"[!-/:-@\[-`{-~]", chr(c))}
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "tasks", "show", "squad", "--split", "validation", "-n", "25",
+                             "--json"], cwd=root, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    with open(root / "data" / "squad" / "validation.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(25), f)]
+    assert len(shown) == 25
+    assert any("–" in row["context"] for row in rows)
+    for got, row in zip(shown, rows):
+        assert got["raw"]["id"] == row["id"]
+        expected = _t5_squad(row)
+        assert got["inputs"] == expected["inputs"]
+        assert got["targets"] == expected["targets"]
 
 
 def test_cnn_dailymail_shipped():

@@ -71,6 +71,26 @@ def test_export_to_hugging_face(default_run: dict, tmp_path: Path) -> None:
     assert main(["--ckpt", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_export_of_an_apex_trained_checkpoint_needs_no_apex(default_run: dict, tmp_path: Path) -> None:
+    """A run trained with model.fused=apex (here: its checkpoint's config says so) exports on a machine without
+    Apex: every export path rebuilds the model on the CPU-safe torch backend."""
+    from lightning_t5 import T5
+    from lightning_t5.export import load_model, main
+    from lightning_t5.fused import probe_apex
+
+    if probe_apex().available:
+        pytest.skip("NVIDIA Apex is installed here; the point is a machine without it")
+    ckpt = torch.load(default_run["checkpoint"], map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["model_config"]["fused"] = "apex"
+    torch.save(ckpt, tmp_path / "apex.ckpt")
+    assert load_model(tmp_path / "apex.ckpt").backend == "torch"
+    assert main(["--ckpt", str(tmp_path / "apex.ckpt"), "--out", str(tmp_path / "hf")]) == 0
+    exported = T5.from_hf(str(tmp_path / "hf")).eval()
+    reference = load_model(default_run["checkpoint"])
+    for (name, a), (_, b) in zip(sorted(reference.state_dict().items()), sorted(exported.state_dict().items())):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_incompatible_checkpoint_is_rejected(default_run: dict, tmp_path: Path) -> None:
     from lightning_t5.training import fit
 
