@@ -13,7 +13,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-FUSED_CHOICES = ("auto", "apex", "torch", "none")
+from lightning_t5.fused import BACKENDS
+
 ATTENTION_CHOICES = ("sdpa", "eager")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 AUTOCAST_CHOICES = (None, "bfloat16", "float16")
@@ -104,8 +105,8 @@ class T5Config:
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or parts[-1] not in ACTIVATIONS:
             raise bad("feed_forward_proj", self.feed_forward_proj,
                       f"one of {list(ACTIVATIONS)} optionally prefixed by 'gated-' (T5: 'relu', T5.1.1: 'gated-gelu')")
-        if self.fused not in FUSED_CHOICES:
-            raise bad("fused", self.fused, f"one of {list(FUSED_CHOICES)}")
+        if self.fused not in BACKENDS:
+            raise bad("fused", self.fused, f"one of {list(BACKENDS)}")
         if self.attention not in ATTENTION_CHOICES:
             raise bad("attention", self.attention, f"one of {list(ATTENTION_CHOICES)}")
         if self.autocast_dtype not in AUTOCAST_CHOICES:
@@ -128,7 +129,8 @@ class T5Config:
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(key, known, n=2)
-                hints.append(f"model.{key}" + (f" (did you mean {', '.join('model.' + c for c in close)}?)" if close else ""))
+                hint = f" (did you mean {', '.join('model.' + c for c in close)}?)" if close else ""
+                hints.append(f"model.{key}{hint}")
             raise ValueError(f"Unknown model config key(s): {'; '.join(hints)}. Valid keys: {', '.join(known)}.")
         return cls(**values)
 

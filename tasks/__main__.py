@@ -3,6 +3,8 @@
     python -m tasks list                                   # name, source, splits, row counts
     python -m tasks show NAME [--split S] [-n N] [--json]  # raw row, text pair, token ids
     python -m tasks vocab --tasks T [T ...] --size 8000 --out data/vocab/spiece.model
+
+Tasks of your own module: add `imports=[my_tasks]` or `--imports my_tasks` anywhere on the line.
 """
 
 from __future__ import annotations
@@ -126,9 +128,8 @@ def cmd_vocab(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
-    parser.add_argument("--imports", action="append", default=[], metavar="MODULE",
-                        help="a user module that registers tasks (repeatable)")
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0],
+                                     epilog="User modules: imports=[my_tasks] or --imports my_tasks, anywhere.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list every registered task")
@@ -159,12 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import datasets
 
-    from tasks import TaskError, import_modules
+    from tasks import TaskError, import_modules, pop_imports
 
+    try:
+        modules, argv = pop_imports(sys.argv[1:] if argv is None else argv)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     datasets.disable_progress_bars()
     try:
-        import_modules(args.imports)
+        import_modules(modules)
         return args.fn(args)
     except TaskError as err:
         print(f"error: {err}", file=sys.stderr)
