@@ -66,7 +66,22 @@ class TrainLog(Callback):
         self._window_tokens = 0
         if self.path is not None and trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._drop_replayed_steps(trainer.global_step)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run, closed at end
+
+    def _drop_replayed_steps(self, resumed_step: int) -> None:
+        """Remove the lines after the step a resume restarts from: the resumed run logs those steps again, and the
+        file must read as one clean curve (a run killed at step 44 and resumed from its step-40 checkpoint would
+        otherwise log 41-44 twice). Rewritten atomically, so a crash here cannot lose the earlier lines."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
+        if len(kept) == len(lines):
+            return
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
