@@ -43,7 +43,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         parts = key.split(".")
         if parts[0] != "mixing" or len(parts) < 2:
-            raise MixtureError(f"override {item!r}: only mixing.* keys are accepted here, e.g. mixing.max_examples=2048.")
+            raise MixtureError(f"override {item!r}: only mixing.* keys are accepted here, e.g. "
+                               f"mixing.max_examples=2048.")
         node = out
         for p in parts[1:-1]:
             node = node.setdefault(p, {})
