@@ -194,13 +194,34 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning logs tips advertising its commercial products ("💡 Tip: ... litlogger / litmodels") on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith("💡")
+
+
 def _quiet_known_warnings() -> None:
-    """Silence third-party warnings that are expected for this setup and would bury the run's own output."""
+    """Silence third-party output that is expected for this setup and would bury the run's own: known warnings,
+    Lightning's adverts, and the `datasets` progress bars (a dozen `Generating split` / `Map:` bars per run; the run
+    prints one line per phase instead)."""
     import warnings
+
+    import datasets
 
     for pattern in (".*set_vital.*", ".*LeafSpec.*", ".*IterableDataset. has .__len__. defined.*",
                     ".*Checkpoint directory .* exists and is not empty.*", ".*litlogger.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    rank_zero_logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_DropAdverts())
+    datasets.disable_progress_bars()
+
+
+def _phase(trainer: Any, message: str) -> None:
+    """One console line per phase (rank 0): what the run is doing while no progress bar is shown."""
+    if trainer.is_global_zero:
+        print(message, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,7 +243,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     datamodule = _build_datamodule(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
     interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
-    trainer = _build_trainer(cfg, [train_log, interrupt, *callbacks], train_log)
+    trainer = _build_trainer(cfg, [train_log, interrupt, *callbacks], train_log, evaluates=bool(setup.eval_tasks))
     created = _create_run_dir(trainer, cfg)
     try:
         before = _evaluate_before_training(trainer, module, datamodule, cfg, setup)
@@ -287,8 +308,11 @@ def _build_datamodule(cfg: DictConfig, setup: RunSetup) -> Any:
     )
 
 
-def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog) -> Any:
-    """The Lightning Trainer: step checkpoints, TensorBoard + CSV logs, atomic checkpoint writes."""
+def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog, evaluates: bool = True) -> Any:
+    """The Lightning Trainer: step checkpoints, TensorBoard + CSV logs, atomic checkpoint writes.
+
+    `evaluates=False` (no evaluation tasks, e.g. an experiment's intermediate stage) turns Lightning's validation
+    loop off instead of handing it an empty list of loaders (its "Total length of `list` across ranks is zero")."""
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -313,7 +337,7 @@ def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog) -
         enable_progress_bar=bool(tcfg.enable_progress_bar), enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0, deterministic=bool(tcfg.deterministic),
         check_val_every_n_epoch=None, val_check_interval=int(every) * accumulate if every else 10**12,
-        default_root_dir=str(run_dir),
+        limit_val_batches=None if evaluates else 0, default_root_dir=str(run_dir),
     )
 
 
@@ -339,7 +363,8 @@ def _evaluate_before_training(trainer: Any, module: Any, datamodule: Any, cfg: D
                               ) -> dict[str, Any] | None:
     """Scores of the untrained model (step 0), or those saved by the run being resumed."""
     before_path = Path(cfg.run_dir) / "eval_before.json"
-    if setup.checkpoint is None and cfg.eval.before_training:
+    if setup.checkpoint is None and cfg.eval.before_training and setup.eval_tasks:
+        _phase(trainer, f"preparing data and evaluating the untrained model on {len(setup.eval_tasks)} task(s) ...")
         before = _evaluate(trainer, module, datamodule, force=True)
         if trainer.is_global_zero and before is not None:
             _write_json(before_path, before)
@@ -349,6 +374,8 @@ def _evaluate_before_training(trainer: Any, module: Any, datamodule: Any, cfg: D
 
 def _train(trainer: Any, module: Any, datamodule: Any, setup: RunSetup, interrupt: InterruptCheckpoint) -> None:
     """`trainer.fit`, from the resume checkpoint when there is one; Ctrl-C ends it with a resumable checkpoint."""
+    start = f"resuming from {setup.checkpoint}" if setup.checkpoint else "training"
+    _phase(trainer, f"{start} (Ctrl-C saves a resumable checkpoint) ...")
     with interrupt.catching_sigint():
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
     if interrupt.saved is not None:
@@ -362,6 +389,8 @@ def _evaluate(trainer: Any, module: Any, datamodule: Any, force: bool = False) -
     """One evaluation pass over the configured tasks (None when there is nothing to evaluate)."""
     if not force and not datamodule.evaluators:
         return None
+    if not force:
+        _phase(trainer, f"evaluating on {len(datamodule.evaluators)} task(s) ...")
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return module.last_eval
 
