@@ -4,6 +4,7 @@
     python train.py model=small mixture=glue mixing.rate=temperature mixing.temperature=2 trainer.max_steps=1000
     python train.py resume=runs/<run>                 # continue a run exactly where its last checkpoint left it
     python train.py experiment=<name>                 # one of the T5 paper's comparisons (lightning_t5.experiments)
+    python train.py imports=[my_tasks] mixture=my_mix  # or --imports my_tasks, anywhere: your own tasks/mixtures
 
 All logic lives in lightning_t5.training.fit / lightning_t5.experiments.run_experiment; this file only composes the
 config and turns configuration errors into one readable paragraph and exit status 2.
@@ -12,19 +13,31 @@ config and turns configuration errors into one readable paragraph and exit statu
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lightning_t5.schema import register_schema
+from lightning_t5.schema import ConfigError, check_overrides, register_schema
+from tasks import TaskError, pop_imports
 
 register_schema()
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """`--imports M` / `imports=[...]` anywhere -> one Hydra `imports=[...]` override; misspelt keys and invalid
+    choices stop here, before Hydra composes anything (its own message has no suggestion and no valid keys)."""
+    modules, rest = pop_imports(argv)
+    groups = [p.name for p in CONFIG_DIR.iterdir() if p.is_dir()]
+    check_overrides(rest, groups=groups)
+    return rest + ([f"imports=[{','.join(modules)}]"] if modules else [])
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from lightning_t5.checkpoint import CheckpointError
+    from lightning_t5.checkpoint import CheckpointError, RunInterrupted
     from lightning_t5.fused import FusedBackendError
     from lightning_t5.schema import ConfigError
     from mixtures import MixtureError
@@ -46,7 +59,15 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError, FusedBackendError, MixtureError, TaskError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = normalise_argv(sys.argv[1:])
+    except (ConfigError, TaskError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -6,23 +6,28 @@
 - `TrainProgressBar` shows step/max_steps, loss, tokens/s and ETA (tqdm), on rank 0 only.
 - `RngState` saves each rank's torch (and CUDA) generator state in the checkpoint and restores it just before the
   first resumed training step, so dropout masks after a resume equal those of an uninterrupted run.
+- `InterruptCheckpoint` turns Ctrl-C during training into a resumable `last.ckpt` at the next step boundary.
 - `StepCheckpoint` is a `ModelCheckpoint` that keeps `last.ckpt` plus one file every N steps, and also saves at
   `max_steps` when that is not a multiple of N (so a finished run can always be resumed or exported).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 
-__all__ = ["TrainLog", "TrainProgressBar", "RngState", "StepCheckpoint", "count_tokens"]
+__all__ = ["TrainLog", "TrainProgressBar", "RngState", "StepCheckpoint", "InterruptCheckpoint", "count_tokens"]
 
 
 def count_tokens(batch: Mapping[str, torch.Tensor]) -> int:
@@ -61,7 +66,22 @@ class TrainLog(Callback):
         self._window_tokens = 0
         if self.path is not None and trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._drop_replayed_steps(trainer.global_step)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run, closed at end
+
+    def _drop_replayed_steps(self, resumed_step: int) -> None:
+        """Remove the lines after the step a resume restarts from: the resumed run logs those steps again, and the
+        file must read as one clean curve (a run killed at step 44 and resumed from its step-40 checkpoint would
+        otherwise log 41-44 twice). Rewritten atomically, so a crash here cannot lose the earlier lines."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
+        if len(kept) == len(lines):
+            return
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -129,7 +149,8 @@ class TrainProgressBar(ProgressBar):
         if self._bar is None:
             return
         self._bar.update(trainer.global_step - self._bar.n)
-        self._bar.set_postfix(loss=f"{self.train_log.last_loss:.3f}", tok_s=f"{self.train_log.tokens_per_s:,.0f}", refresh=False)
+        self._bar.set_postfix(loss=f"{self.train_log.last_loss:.3f}", tok_s=f"{self.train_log.tokens_per_s:,.0f}",
+                              refresh=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:
@@ -201,3 +222,52 @@ class StepCheckpoint(ModelCheckpoint):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
+
+
+class InterruptCheckpoint(Callback):
+    """Ctrl-C during training: finish the current optimizer step, write `dirpath/last.ckpt`, stop training.
+
+    Why not Lightning's own KeyboardInterrupt handling: it abandons the step and exits without a checkpoint, so a run
+    interrupted before its first step checkpoint loses everything. Here SIGINT only sets a flag; at the next optimizer
+    step boundary every rank agrees to stop (`reduce_boolean_decision`) and the checkpoint written is the one a
+    `StepCheckpoint` would write at that step (through the Trainer's atomic CheckpointIO), so resuming is exact.
+    A second Ctrl-C interrupts at once, without saving. `saved` is the checkpoint path once written.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike) -> None:
+        self.dirpath = Path(dirpath)
+        self.requested = False
+        self.saved: Path | None = None
+
+    @contextlib.contextmanager
+    def catching_sigint(self) -> Iterator[None]:
+        """Route SIGINT to this callback while the block runs (main thread only; signals go nowhere else)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.requested:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nCtrl-C: saving a resumable checkpoint after the current step (Ctrl-C again aborts without "
+                  "saving) ...", file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
+            return  # mid-accumulation: not a step boundary
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(str(path))
+        self.saved = path
+        trainer.should_stop = True

@@ -1,23 +1,22 @@
-"""Checkpoint files: atomic writes, weights_only-safe loading, compatibility checks, weight initialisation.
+"""Checkpoint files: weights_only-safe loading, compatibility checks, weight initialisation.
 
 A checkpoint written by this package holds only tensors and primitive containers (the run config is stored as a
 plain dict under `hyper_parameters`), so every load here uses `torch.load(weights_only=True)`: loading a checkpoint
-never executes pickled code.
+never executes pickled code. Atomic writes: `lightning_t5.checkpoint_io.AtomicCheckpointIO` (kept apart because it
+imports Lightning, which the config checks before a run must not wait for).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 __all__ = [
-    "AtomicCheckpointIO",
     "CheckpointError",
+    "RunInterrupted",
     "load_checkpoint",
     "find_last_checkpoint",
     "check_compatible",
@@ -29,33 +28,16 @@ class CheckpointError(ValueError):
     """A checkpoint or run directory cannot be used (missing, unreadable or incompatible)."""
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the target directory, fsyncs it, then `os.replace`s it.
+class RunInterrupted(Exception):
+    """Training was stopped by Ctrl-C after writing a resumable checkpoint; the message says how to continue.
 
-    A process killed mid-write (SIGKILL, pre-emption) therefore leaves either the previous complete file or the new
-    complete file under the final name, never a truncated one; `last.ckpt` is always loadable.
+    `train.py` prints it and exits with status 130 (the shell's code for SIGINT), so scripts see a failure.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r}).")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
-                        ) -> dict[str, Any]:
-        return load_checkpoint(path, map_location=map_location or "cpu")
+    def __init__(self, checkpoint: str | os.PathLike, step: int, run_dir: str | os.PathLike) -> None:
+        self.checkpoint, self.step, self.run_dir = Path(checkpoint), int(step), Path(run_dir)
+        super().__init__(f"interrupted at step {self.step}; resumable checkpoint saved to {self.checkpoint}.\n"
+                         f"Resume with: python train.py resume={self.run_dir}")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """T5 model configuration and the paper's size presets.
 
 `T5Config` is a plain dataclass whose field names follow Hugging Face's `T5Config` where the two overlap, so a
-`config.json` maps onto it almost 1:1 (see `lightning_t5.hf`). The YAML files in `configs/model/` are these fields
-(plus `name`), composed by Hydra under the `model` key; `T5Config.from_dict` validates them with errors that name
-the offending `model.<key>`.
+`config.json` maps onto it almost 1:1 (see `lightning_t5.hf`). `PRESETS` below is the one definition of the model
+sizes: the YAML files in `configs/model/` (composed by Hydra under the `model` key) are generated from it by
+`write_preset_yamls("configs/model")`, and a test fails when a file differs from what PRESETS generates.
+`T5Config.from_dict` validates them with errors that name the offending `model.<key>`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
-from .fused import BACKENDS as FUSED_CHOICES  # the one list of kernel backends lives in lightning_t5.fused
+from lightning_t5.fused import BACKENDS
 
 ATTENTION_CHOICES = ("sdpa", "eager")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
@@ -105,8 +107,8 @@ class T5Config:
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or parts[-1] not in ACTIVATIONS:
             raise bad("feed_forward_proj", self.feed_forward_proj,
                       f"one of {list(ACTIVATIONS)} optionally prefixed by 'gated-' (T5: 'relu', T5.1.1: 'gated-gelu')")
-        if self.fused not in FUSED_CHOICES:
-            raise bad("fused", self.fused, f"one of {list(FUSED_CHOICES)}")
+        if self.fused not in BACKENDS:
+            raise bad("fused", self.fused, f"one of {list(BACKENDS)}")
         if self.attention not in ATTENTION_CHOICES:
             raise bad("attention", self.attention, f"one of {list(ATTENTION_CHOICES)}")
         if self.autocast_dtype not in AUTOCAST_CHOICES:
@@ -129,7 +131,8 @@ class T5Config:
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(key, known, n=2)
-                hints.append(f"model.{key}" + (f" (did you mean {', '.join('model.' + c for c in close)}?)" if close else ""))
+                hint = f" (did you mean {', '.join('model.' + c for c in close)}?)" if close else ""
+                hints.append(f"model.{key}{hint}")
             raise ValueError(f"Unknown model config key(s): {'; '.join(hints)}. Valid keys: {', '.join(known)}.")
         return cls(**values)
 
@@ -155,7 +158,7 @@ _T5_1_1 = dict(vocab_size=32128, d_kv=64, feed_forward_proj="gated-gelu", tie_wo
 _T5 = dict(vocab_size=32128, d_kv=64, feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.1)
 
 #: The paper's sizes (T5 and T5.1.1, as in the released checkpoints) plus `tiny`, the CPU test / default-run model.
-#: `configs/model/<name>.yaml` holds exactly these fields (a test checks they agree).
+#: `configs/model/<name>.yaml` is generated from these (`preset_yaml`; tests/test_model.py checks the files).
 PRESETS: dict[str, dict[str, Any]] = {
     # tiny: T5.1.1-style, vocabulary rounded up from the default 8100 ids to a multiple of 64.
     "tiny": dict(vocab_size=8192, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4,
@@ -171,3 +174,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "t5_1_1_xl": dict(_T5_1_1, d_model=2048, d_ff=5120, num_layers=24, num_decoder_layers=24, num_heads=32),
     "t5_1_1_xxl": dict(_T5_1_1, d_model=4096, d_ff=10240, num_layers=24, num_decoder_layers=24, num_heads=64),
 }
+
+
+def preset_yaml(name: str) -> str:
+    """The text of `configs/model/<name>.yaml`: every T5Config field of the preset, in field order."""
+    import yaml
+
+    header = (f"# T5 model preset '{name}': every lightning_t5.T5Config field (Hydra composes this under `model`,\n"
+              "# so each field can be overridden on the command line, e.g. model.fused=torch model.dropout_rate=0.0).\n"
+              "# Generated from lightning_t5.config.PRESETS by write_preset_yamls: edit PRESETS, not this file.\n")
+    fields = T5Config.from_preset(name).to_dict()
+    return header + "".join(yaml.safe_dump({key: value}, sort_keys=False) for key, value in fields.items())
+
+
+def write_preset_yamls(directory: str | Path) -> list[Path]:
+    """(Re)write `directory/<name>.yaml` for every preset; returns the paths written."""
+    written = []
+    for name in PRESETS:
+        path = Path(directory) / f"{name}.yaml"
+        path.write_text(preset_yaml(name))
+        written.append(path)
+    return written

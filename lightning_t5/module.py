@@ -18,6 +18,7 @@ import torch
 from lightning_t5.evaluation import benchmark_averages, gather_predictions
 from lightning_t5.fused import log_kernels, make_optimizer
 from lightning_t5.model import SEQIO_INPUTS
+from lightning_t5.schedules import lr_lambda
 
 __all__ = ["T5LightningModule", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
 
@@ -28,39 +29,6 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; the message names the step and the tasks in the offending batch."""
 
 
-def lr_lambda(schedule: str, *, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
-              ) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based, as LambdaLR counts).
-
-    constant:      linear warm-up over `warmup_steps` (if any), then 1.
-    inverse_sqrt:  T5: constant during warm-up, then sqrt(warmup / step) (lr 0.01 and warm-up 1e4 give the paper's
-                   1/sqrt(max(step, 1e4))).
-    cosine/linear: linear warm-up, then decay to `min_lr_ratio` (cosine) or 0 (linear) at `total_steps`.
-    """
-    warmup = max(int(warmup_steps), 0)
-    total = max(int(total_steps), 1)
-
-    def constant(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) if warmup else 1.0
-
-    def inverse_sqrt(step: int) -> float:
-        return math.sqrt(max(warmup, 1) / max(step + 1, warmup, 1))
-
-    def cosine(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def linear(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
-
-    table = {"constant": constant, "inverse_sqrt": inverse_sqrt, "cosine": cosine, "linear": linear}
-    if schedule not in table:
-        raise ValueError(f"optim.schedule={schedule!r} is not valid; choose one of: {', '.join(table)}.")
-    return table[schedule]
 
 
 def build_optimizer(model: torch.nn.Module, optim: Mapping[str, Any]) -> torch.optim.Optimizer:

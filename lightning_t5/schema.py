@@ -6,8 +6,9 @@ Why a schema: Hydra/OmegaConf only stop an unknown key or a wrongly typed value 
 fixed set of choices (`mixing.rate`, `optim.name`, `trainer.precision`, ...) are plain strings checked by
 `validate_config`, which names the key and lists the valid choices in one sentence.
 
-The `model` and `mixing` sections are generated from `lightning_t5.config.T5Config` and `mixtures.MixingConfig` when
-those dataclasses are importable, so the schema never drifts from the classes that consume it.
+The `model` and `mixing` sections are generated from `lightning_t5.config.T5Config` and `mixtures.MixingConfig`, and
+every list of choices is imported from the module that implements the choices, so the schema never drifts from the
+code that consumes it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ import difflib
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_t5.fused import BACKENDS as FUSED_CHOICES
+from lightning_t5.config import ATTENTION_CHOICES, T5Config
+from lightning_t5.fused import BACKENDS, OPTIMIZERS
+from lightning_t5.schedules import SCHEDULES
+from mixtures.rates import RATE_NAMES, SIZE_SOURCES, MixingConfig
 
 __all__ = [
     "ConfigError",
     "RunConfig",
     "CHOICES",
+    "check_overrides",
     "register_schema",
     "to_run_config",
     "validate_config",
@@ -90,52 +95,11 @@ def _schema_from_dataclass(cls: type, name: str, skip: tuple[str, ...] = ()) -> 
 
 
 def _model_schema() -> type:
-    try:
-        from lightning_t5.config import T5Config
-    except ImportError:  # the model package is optional for config checking
-        @dataclass
-        class ModelSchema:
-            name: str = "tiny"
-            vocab_size: int = 8192
-            d_model: int = 128
-            d_kv: int = 32
-            d_ff: int = 512
-            num_layers: int = 2
-            num_decoder_layers: Optional[int] = None
-            num_heads: int = 4
-            relative_attention_num_buckets: int = 32
-            relative_attention_max_distance: int = 128
-            dropout_rate: float = 0.1
-            layer_norm_epsilon: float = 1e-6
-            feed_forward_proj: str = "gated-gelu"
-            tie_word_embeddings: bool = False
-            fused: str = "auto"
-            gradient_checkpointing: bool = False
-            z_loss: float = 0.0
-
-        return ModelSchema
     return _schema_from_dataclass(T5Config, "ModelSchema", skip=("extra",))
 
 
 def _mixing_schema() -> type:
-    try:
-        from mixtures import MixingConfig  # type: ignore[attr-defined]
-
-        if dataclasses.is_dataclass(MixingConfig):
-            return _schema_from_dataclass(MixingConfig, "MixingSchema")
-    except ImportError:
-        pass
-
-    @dataclass
-    class MixingSchema:
-        rate: str = "proportional"
-        max_examples: Optional[int] = None
-        temperature: float = 1.0
-        weights: Optional[Dict[str, Any]] = None
-        unsupervised_rate: Optional[float] = None
-        schedule: Any = None
-
-    return MixingSchema
+    return _schema_from_dataclass(MixingConfig, "MixingSchema")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,16 +221,20 @@ def register_schema() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+#: Every config value with a fixed set of choices, each list taken from the code that implements the choices.
+#: The trainer lists are Lightning's own names, which Lightning only rejects after it has started.
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "mixing.rate": ("proportional", "temperature", "equal", "explicit"),
+    "mixing.rate": RATE_NAMES,
+    "mixing.size_source": SIZE_SOURCES,
     "data.granularity": ("example", "batch"),
-    "optim.name": ("adafactor", "adamw", "fused_adam", "fused_lamb"),
-    "optim.schedule": ("constant", "inverse_sqrt", "cosine", "linear"),
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": SCHEDULES,
+    "model.fused": BACKENDS,
+    "model.attention": ATTENTION_CHOICES,
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
     "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed",
                          "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "single_device"),
-    "model.fused": FUSED_CHOICES,
 }
 
 _POSITIVE = ("data.batch_size", "data.sequence_length.inputs", "data.sequence_length.targets", "trainer.max_steps",
@@ -293,25 +261,79 @@ def _explain_omegaconf_error(err: Exception) -> str:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
     if "not in struct" in str(err) or "Key '" in msg and "not" in msg:
-        parent, _, leaf = key.rpartition(".")
-        schema = OmegaConf.structured(build_schema())
-        node = OmegaConf.select(schema, parent) if parent else schema
-        valid = list(node.keys()) if isinstance(node, DictConfig) else []
-        close = difflib.get_close_matches(leaf, valid, n=3)
-        hint = f" Did you mean {', '.join((parent + '.' if parent else '') + c for c in close)}?" if close else ""
-        return (f"Unknown config key '{key}'.{hint} Valid keys under '{parent or '<root>'}': {', '.join(valid)}.")
+        return unknown_key_message(key) or f"Unknown config key '{key}'."
     return f"Invalid config value for '{key}': {msg}"
+
+
+def _schema_node_keys(path: str) -> list[str] | None:
+    """The valid keys of the schema node at dotted `path` ("" = root); None when the node is free-form or a leaf."""
+    cls: Any = build_schema()
+    for part in [p for p in path.split(".") if p]:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None
+
+
+def unknown_key_message(key: str) -> str | None:
+    """None when dotted `key` exists in the schema (or lies under a free-form mapping); else an error paragraph
+    with "did you mean" and every valid key of the node where the path left the schema."""
+    parts = key.split(".")
+    for depth in range(len(parts)):
+        parent = ".".join(parts[:depth])
+        valid = _schema_node_keys(parent)
+        if valid is None:
+            return None  # under a free-form mapping (objective, experiment_options, mixing.weights...) or a leaf
+        if parts[depth] not in valid:
+            close = difflib.get_close_matches(parts[depth], valid, n=3, cutoff=0.6)
+            prefix = parent + "." if parent else ""
+            hint = f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+            return (f"Unknown config key '{prefix + parts[depth]}'.{hint} Valid keys under "
+                    f"'{parent or '<top level>'}': {', '.join(valid)}.")
+    return None
+
+
+def choice_message(key: str, value: Any) -> str | None:
+    """None when `key` has no fixed choices or `value` is one of them; else the error naming the valid choices."""
+    valid = CHOICES.get(key)
+    if valid is None or value is None or value in valid:
+        return None
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{key}={value!r} is not valid{hint}; choose one of: {', '.join(map(str, valid))}."
+
+
+def check_overrides(overrides: Sequence[str], groups: Sequence[str] = ()) -> None:
+    """Check command-line `key=value` overrides against the schema before Hydra composes anything.
+
+    Why here and not only in Hydra: Hydra's own error for a misspelt key names the dataclass, with no suggestion and
+    no list of valid keys. `groups` are the config-group names (`model=small` selects a file, it is not a value).
+    Sweeps (`a=1,2`) and interpolations are checked by key only; values are checked later by `validate_config`.
+    """
+    for override in overrides:
+        if override.startswith("-") or "=" not in override:
+            continue
+        key, value = override.split("=", 1)
+        key = key.lstrip("+~")
+        if not key or key.startswith("hydra.") or key.split(".")[0] == "hydra" or (key in groups):
+            continue
+        message = unknown_key_message(key)
+        if message is None and "," not in value and "$" not in value:
+            message = choice_message(key, value)
+        if message is not None:
+            raise ConfigError(message)
 
 
 def validate_config(cfg: DictConfig) -> DictConfig:
     """Check the values with fixed choices and ranges; returns `cfg` (structured) or raises ConfigError."""
     cfg = to_run_config(cfg)
-    for key, valid in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value not in valid:
-            close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{key}={value!r} is not valid{hint}; choose one of: {', '.join(map(str, valid))}.")
+    for key in CHOICES:
+        message = choice_message(key, OmegaConf.select(cfg, key))
+        if message is not None:
+            raise ConfigError(message)
     for key in _POSITIVE:
         value = OmegaConf.select(cfg, key)
         if value is None or value <= 0:

@@ -13,16 +13,20 @@ import datetime as _dt
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_t5.checkpoint import CheckpointError, find_last_checkpoint
+from lightning_t5.checkpoint import CheckpointError, RunInterrupted, find_last_checkpoint
 from lightning_t5.schema import ConfigError, to_run_config, validate_config
 
-__all__ = ["fit", "prepare_config", "load_resume_config", "RunSetup"]
+if TYPE_CHECKING:
+    from lightning_t5.callbacks import InterruptCheckpoint, TrainLog
+
+__all__ = ["fit", "prepare_config", "resolve_run_config", "load_resume_config", "RunSetup"]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +121,25 @@ class RunSetup:
 
         resolve_backend(cfg.model.fused, log=False)  # model.fused=apex without Apex: FusedBackendError, now
         self.model_config = dict(_plain(cfg.model))
+        self.mixing = self._check_mixing()
+        self.eval_tasks = self._check_eval_tasks()
         self.checkpoint = self._resolve_checkpoint()
+
+    def _check_mixing(self) -> Any:
+        """`mixing.*` as the training data will use it (MixtureError on T <= 0, K < 0, unknown rate...)."""
+        from mixtures import MixingConfig
+
+        mixing = {k: v for k, v in dict(_plain(self.cfg.mixing)).items() if v is not None}
+        return MixingConfig.from_dict(mixing)
+
+    def _check_eval_tasks(self) -> list[str]:
+        """`eval.tasks` names registered tasks (TaskError with suggestions otherwise)."""
+        from tasks import TaskRegistry
+
+        names = self.cfg.eval.tasks
+        if names is None:
+            return [t.name for t in self.mixture.tasks if getattr(t, "supervised", True)]
+        return [TaskRegistry.get(str(name)).name for name in names]
 
     def _resolve_checkpoint(self) -> Path | None:
         cfg = self.cfg
@@ -172,13 +194,34 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning logs tips advertising its commercial products ("💡 Tip: ... litlogger / litmodels") on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith("💡")
+
+
 def _quiet_known_warnings() -> None:
-    """Silence third-party warnings that are expected for this setup and would bury the run's own output."""
+    """Silence third-party output that is expected for this setup and would bury the run's own: known warnings,
+    Lightning's adverts, and the `datasets` progress bars (a dozen `Generating split` / `Map:` bars per run; the run
+    prints one line per phase instead)."""
     import warnings
+
+    import datasets
 
     for pattern in (".*set_vital.*", ".*LeafSpec.*", ".*IterableDataset. has .__len__. defined.*",
                     ".*Checkpoint directory .* exists and is not empty.*", ".*litlogger.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    rank_zero_logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_DropAdverts())
+    datasets.disable_progress_bars()
+
+
+def _phase(trainer: Any, message: str) -> None:
+    """One console line per phase (rank 0): what the run is doing while no progress bar is shown."""
+    if trainer.is_global_zero:
+        print(message, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,61 +230,106 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
 
     `callbacks` are extra Lightning callbacks (tests use them to interrupt a run); `overrides` are the command-line
     overrides when called from train.py (used to re-apply them on top of a resumed run's saved config).
+    Each step below is one function; everything that can fail without data runs before the run directory exists.
     """
-    import pytorch_lightning as pl
-    import torch
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    from lightning_t5.callbacks import RngState, StepCheckpoint, TrainLog, TrainProgressBar
-    from lightning_t5.checkpoint import AtomicCheckpointIO
-    from lightning_t5.data import MixtureDataModule
-    from lightning_t5.evaluation import format_metrics_table
-    from lightning_t5.module import T5LightningModule
-
     start = time.time()
     _quiet_known_warnings()
+    cfg = resolve_run_config(cfg, overrides)
+    setup = RunSetup(cfg)  # every data-free check: a mistake stops here, before any directory or data work
+    from lightning_t5.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
+
+    _seed_and_precision(cfg)
+    module = _build_module(cfg, setup)
+    datamodule = _build_datamodule(cfg, setup)
+    train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
+    interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
+    trainer = _build_trainer(cfg, [train_log, interrupt, *callbacks], train_log, evaluates=bool(setup.eval_tasks))
+    created = _create_run_dir(trainer, cfg)
+    try:
+        before = _evaluate_before_training(trainer, module, datamodule, cfg, setup)
+    except BaseException:
+        _remove_failed_run_dir(trainer, cfg, created)
+        raise
+    _train(trainer, module, datamodule, setup, interrupt)
+    after = _evaluate(trainer, module, datamodule)
+    result = _result(cfg, trainer, train_log, before, after, start)
+    if trainer.is_global_zero:
+        _write_outputs(cfg, module, result, before)
+    return result
+
+
+def resolve_run_config(cfg: Any, overrides: Sequence[str] | None = None) -> DictConfig:
+    """The validated run config: a resumed run's saved config plus the command-line overrides, else `cfg` itself."""
     raw_resume = OmegaConf.select(cfg, "resume") if OmegaConf.is_config(cfg) else (cfg or {}).get("resume")
     if raw_resume not in (None, "auto") and overrides is not None and not str(raw_resume).endswith(".ckpt"):
         cfg = load_resume_config(raw_resume, overrides)
-    cfg = prepare_config(cfg)
-    setup = RunSetup(cfg)
-    run_dir = Path(cfg.run_dir)
-    tcfg = cfg.trainer
+    return prepare_config(cfg)
+
+
+def _seed_and_precision(cfg: DictConfig) -> None:
+    import pytorch_lightning as pl
+    import torch
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if tcfg.matmul_precision:
-        torch.set_float32_matmul_precision(tcfg.matmul_precision)
+    if cfg.trainer.matmul_precision:
+        torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
 
-    total_steps = int(cfg.optim.total_steps or tcfg.max_steps)
-    accumulate = int(tcfg.accumulate_grad_batches)
+
+def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
+    """The LightningModule, initialised from `init_from` when the run does not resume."""
+    from lightning_t5.module import T5LightningModule
+
+    tcfg = cfg.trainer
     module = T5LightningModule(
         model_config=setup.model_config, optim=_plain(cfg.optim), task_names=setup.task_names,
-        total_steps=total_steps, vocab_fingerprint=setup.vocab_fingerprint,
+        total_steps=int(cfg.optim.total_steps or tcfg.max_steps), vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
         eval_options={"max_new_tokens": int(cfg.eval.max_new_tokens), "num_beams": int(cfg.eval.num_beams)},
     )
     if cfg.init_from and setup.checkpoint is None:
         _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
+    return module
 
-    on_gpu = tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available())
-    datamodule = MixtureDataModule(
+
+def _on_gpu(cfg: DictConfig) -> bool:
+    import torch
+
+    accelerator = cfg.trainer.accelerator
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def _build_datamodule(cfg: DictConfig, setup: RunSetup) -> Any:
+    from lightning_t5.data import MixtureDataModule
+
+    tcfg = cfg.trainer
+    return MixtureDataModule(
         setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), eval=_plain(cfg.eval), seed=int(cfg.seed),
-        total_batches=int(tcfg.max_steps) * accumulate, pin_memory=on_gpu,
+        total_batches=int(tcfg.max_steps) * int(tcfg.accumulate_grad_batches), pin_memory=_on_gpu(cfg),
     )
 
-    train_log = TrainLog(run_dir / "train_log.jsonl")
-    all_callbacks: list[Any] = [
-        train_log, RngState(),
-        StepCheckpoint(run_dir / "checkpoints", every_n_steps=int(tcfg.checkpoint_every_n_steps),
-                       keep=int(tcfg.keep_checkpoints)),
-        *callbacks,
-    ]
+
+def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog, evaluates: bool = True) -> Any:
+    """The Lightning Trainer: step checkpoints, TensorBoard + CSV logs, atomic checkpoint writes.
+
+    `evaluates=False` (no evaluation tasks, e.g. an experiment's intermediate stage) turns Lightning's validation
+    loop off instead of handing it an empty list of loaders (its "Total length of `list` across ranks is zero")."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from lightning_t5.callbacks import RngState, StepCheckpoint, TrainProgressBar
+    from lightning_t5.checkpoint_io import AtomicCheckpointIO
+
+    tcfg, run_dir = cfg.trainer, Path(cfg.run_dir)
+    accumulate = int(tcfg.accumulate_grad_batches)
+    all_callbacks = [*callbacks, RngState(),
+                     StepCheckpoint(run_dir / "checkpoints", every_n_steps=int(tcfg.checkpoint_every_n_steps),
+                                    keep=int(tcfg.keep_checkpoints))]
     if tcfg.enable_progress_bar:
         all_callbacks.append(TrainProgressBar(train_log))
     loggers = [TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
                CSVLogger(str(run_dir), name="csv")]  # csv/version_N per (resumed) session: never overwritten
     every = cfg.eval.every_n_steps
-    trainer = pl.Trainer(
+    return pl.Trainer(
         accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=tcfg.strategy,
         precision=tcfg.precision, max_steps=int(tcfg.max_steps), accumulate_grad_batches=accumulate,
         gradient_clip_val=tcfg.gradient_clip_val, log_every_n_steps=int(tcfg.log_every_n_steps),
@@ -249,36 +337,69 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         enable_progress_bar=bool(tcfg.enable_progress_bar), enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0, deterministic=bool(tcfg.deterministic),
         check_val_every_n_epoch=None, val_check_interval=int(every) * accumulate if every else 10**12,
-        default_root_dir=str(run_dir),
+        limit_val_batches=None if evaluates else 0, default_root_dir=str(run_dir),
     )
 
+
+def _create_run_dir(trainer: Any, cfg: DictConfig) -> bool:
+    """Write `config.yaml` into the run directory and say where the run lives; True when the directory is new."""
+    run_dir = Path(cfg.run_dir)
+    created = not run_dir.exists()
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"run directory: {run_dir}", flush=True)
+    return created
 
-    before: dict[str, Any] | None = None
-    before_path = run_dir / "eval_before.json"
-    if setup.checkpoint is None and cfg.eval.before_training:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        before = module.last_eval
+
+def _remove_failed_run_dir(trainer: Any, cfg: DictConfig, created: bool) -> None:
+    """A launch that fails before its first training step leaves no `runs/<name>/` behind."""
+    run_dir = Path(cfg.run_dir)
+    if created and trainer.is_global_zero and not (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _evaluate_before_training(trainer: Any, module: Any, datamodule: Any, cfg: DictConfig, setup: RunSetup
+                              ) -> dict[str, Any] | None:
+    """Scores of the untrained model (step 0), or those saved by the run being resumed."""
+    before_path = Path(cfg.run_dir) / "eval_before.json"
+    if setup.checkpoint is None and cfg.eval.before_training and setup.eval_tasks:
+        _phase(trainer, f"preparing data and evaluating the untrained model on {len(setup.eval_tasks)} task(s) ...")
+        before = _evaluate(trainer, module, datamodule, force=True)
         if trainer.is_global_zero and before is not None:
             _write_json(before_path, before)
-    elif before_path.is_file():
-        before = json.loads(before_path.read_text())
+        return before
+    return json.loads(before_path.read_text()) if before_path.is_file() else None
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
-    if trainer.state.status.value != "finished":  # interrupted (e.g. KeyboardInterrupt): keep what was saved
+
+def _train(trainer: Any, module: Any, datamodule: Any, setup: RunSetup, interrupt: InterruptCheckpoint) -> None:
+    """`trainer.fit`, from the resume checkpoint when there is one; Ctrl-C ends it with a resumable checkpoint."""
+    start = f"resuming from {setup.checkpoint}" if setup.checkpoint else "training"
+    _phase(trainer, f"{start} (Ctrl-C saves a resumable checkpoint) ...")
+    with interrupt.catching_sigint():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
+    if interrupt.saved is not None:
+        raise RunInterrupted(interrupt.saved, int(trainer.global_step), Path(interrupt.dirpath).parent)
+    if trainer.state.status.value != "finished":
         log.warning("training did not finish (%s); the last checkpoint is in %s", trainer.state.status,
-                    run_dir / "checkpoints")
+                    interrupt.dirpath)
 
-    after = None
-    if datamodule.evaluators:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        after = module.last_eval
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    result: dict[str, Any] = {
-        "run_dir": str(run_dir),
+
+def _evaluate(trainer: Any, module: Any, datamodule: Any, force: bool = False) -> dict[str, Any] | None:
+    """One evaluation pass over the configured tasks (None when there is nothing to evaluate)."""
+    if not force and not datamodule.evaluators:
+        return None
+    if not force:
+        _phase(trainer, f"evaluating on {len(datamodule.evaluators)} task(s) ...")
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return module.last_eval
+
+
+def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str, Any] | None,
+            after: dict[str, Any] | None, start: float) -> dict[str, Any]:
+    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    return {
+        "run_dir": str(cfg.run_dir),
         "checkpoint": str(last) if last.is_file() else None,
         "metrics": (after or {}).get("metrics", {}),
         "averages": (after or {}).get("averages", {}),
@@ -288,23 +409,27 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         "tokens": int(train_log.tokens),
         "wall_time_s": round(time.time() - start, 2),
     }
-    if trainer.is_global_zero:
-        _write_json(run_dir / "metrics.json", result)
-        table = format_metrics_table(result["metrics"], result["metrics_before"] if before else None,
-                                     result["averages"], result["averages_before"] if before else None)
-        header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
-                  f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
-                  f"Metrics on up to {cfg.eval.max_examples or 'all'} {cfg.eval.split} examples per task "
-                  f"(before = the untrained model at step 0; `rank_*` = rank classification).\n\n")
-        (run_dir / "results.md").write_text(header + table + "\n")
-        print("\n" + table + "\n")
-        print(f"run directory: {run_dir}")
-        if cfg.export_hf:
-            from lightning_t5.export import export_model
 
-            export_model(module.model, cfg.export_hf)
-            print(f"exported Hugging Face model to {cfg.export_hf}")
-    return result
+
+def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before: dict[str, Any] | None) -> None:
+    """metrics.json, results.md, the metrics table on the console and the optional Hugging Face export."""
+    from lightning_t5.evaluation import format_metrics_table
+    from lightning_t5.export import export_model
+
+    run_dir = Path(cfg.run_dir)
+    _write_json(run_dir / "metrics.json", result)
+    table = format_metrics_table(result["metrics"], result["metrics_before"] if before else None,
+                                 result["averages"], result["averages_before"] if before else None)
+    header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
+              f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
+              f"Metrics on up to {cfg.eval.max_examples or 'all'} {cfg.eval.split} examples per task "
+              f"(before = the untrained model at step 0; `rank_*` = rank classification).\n\n")
+    (run_dir / "results.md").write_text(header + table + "\n")
+    print("\n" + table + "\n")
+    print(f"run directory: {run_dir}")
+    if cfg.export_hf:
+        export_model(module.model, cfg.export_hf)  # rebuilt on the CPU-safe backend
+        print(f"exported Hugging Face model to {cfg.export_hf}")
 
 
 def with_objective(mixture: Any, objective: dict[str, Any]) -> Any:
@@ -325,6 +450,7 @@ def with_objective(mixture: Any, objective: dict[str, Any]) -> Any:
             member, replaced = variant.name, replaced + 1
         members.append(member if rate is None else (member, rate))
     if not replaced:
-        raise ConfigError(f"objective={objective!r} is set but mixture={mixture.name!r} has no corpus task to apply it to.")
+        raise ConfigError(f"objective={objective!r} is set but mixture={mixture.name!r} has no corpus task to apply "
+                          f"it to.")
     return Mixture(f"{mixture.name}+{variant.name}", members, defaults=mixture.defaults, sizes=mixture.sizes,
                    description=mixture.description, default_rate=mixture.default_rate)

@@ -1,7 +1,10 @@
 """``python -m mixtures list`` and ``python -m mixtures show NAME [mixing.key=value ...] [--json] [-n N]``.
 
-``show`` prints each task's size (rows in the split), the size it is rated by, its rate (unnormalized, seqio's
-value), its share (normalized), and the share the sampler actually drew over ``-n`` examples.
+Tasks and mixtures of your own module: add ``imports=[my_tasks]`` or ``--imports my_tasks`` anywhere on the line.
+
+``show`` prints the effective mixing settings (rate, K, T) and each task's size (rows in the split), the size it is
+rated by, its rate (unnormalized, seqio's value), its share (normalized), and the share the sampler actually drew
+over ``-n`` examples.
 """
 
 from __future__ import annotations
@@ -40,12 +43,30 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         parts = key.split(".")
         if parts[0] != "mixing" or len(parts) < 2:
-            raise MixtureError(f"override {item!r}: only mixing.* keys are accepted here, e.g. mixing.max_examples=2048.")
+            raise MixtureError(f"override {item!r}: only mixing.* keys are accepted here, e.g. "
+                               f"mixing.max_examples=2048.")
         node = out
         for p in parts[1:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = _parse_value(value)
     return out
+
+
+def describe_mixing(mixing: MixingConfig) -> str:
+    """The mixing settings a run would use, in the paper's terms (rate name, K, T), with defaults filled in."""
+    rate = mixing.rate or "proportional"
+    parts = [f"rate={rate}", f"K={mixing.max_examples:g}" if mixing.max_examples else "K=none (no cap)"]
+    if rate == "temperature":
+        parts.append(f"T={mixing.temperature if mixing.temperature is not None else 1.0:g}")
+    if mixing.weights:
+        parts.append(f"weights={dict(mixing.weights)}")
+    if mixing.unsupervised_rate is not None:
+        parts.append(f"unsupervised_rate={mixing.unsupervised_rate:g}")
+    parts.append(f"sizes={mixing.size_source or 'auto'}")
+    if mixing.schedule is not None:
+        parts.append(f"schedule: -> {describe_mixing(mixing.schedule.to)} over steps "
+                     f"{mixing.schedule.start_step}..{mixing.schedule.end_step}")
+    return ", ".join(parts)
 
 
 def _list() -> int:
@@ -77,7 +98,7 @@ def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, se
                               **({"drawn": drawn[t]} if drawn else {})} for t in shares}, indent=2))
         return 0
     print(f"mixture {name}: {mix.description}")
-    print(f"mixing: {mixing.merged_over(mix.defaults).to_dict()}")
+    print(f"mixing: {describe_mixing(mixing.merged_over(mix.defaults))}")
     head = f"{'task':30s} {'size':>9s} {'rated by':>10s} {'rate':>12s} {'share':>8s}"
     print(head + (f" {'drawn':>8s}" if drawn else ""))
     for t in shares:
@@ -91,6 +112,14 @@ def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, se
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tasks import TaskError, import_modules, pop_imports
+
+    try:
+        modules, argv = pop_imports(sys.argv[1:] if argv is None else argv)
+        import_modules(modules)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m mixtures", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)

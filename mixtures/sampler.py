@@ -41,7 +41,6 @@ epoch start.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import itertools
 import logging
@@ -51,6 +50,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tasks.utils import example_seed
 
 from .errors import MixtureError
 from .mixture import Mixture, _num_examples
@@ -69,24 +70,9 @@ def _name_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
 
 
-@functools.lru_cache(maxsize=1)
-def _tasks_example_seed():
-    try:
-        from tasks import example_seed
-    except ImportError:  # tasks package not importable (synthetic tasks only): a local stable hash instead
-        return None
-    return example_seed
-
-
 def _example_seeds(seed: int, name: str, epoch: int, rows: np.ndarray) -> np.ndarray:
     """``tasks.example_seed(seed, task, epoch, row)``: an example's noise depends on nothing else."""
-    example_seed = _tasks_example_seed()
-    if example_seed is not None:
-        return np.asarray(example_seed(seed, name, epoch, np.asarray(rows, np.int64)), dtype=np.uint64)
-    base = np.uint64(_name_key(f"{seed}/{name}/{epoch}") & 0xFFFFFFFFFFFFFFFF)
-    x = np.asarray(rows, np.uint64) * np.uint64(0x9E3779B97F4A7C15) + base
-    x ^= x >> np.uint64(31)
-    return x * np.uint64(0xBF58476D1CE4E5B9)
+    return np.asarray(example_seed(seed, name, epoch, np.asarray(rows, np.int64)), dtype=np.uint64)
 
 
 class TaskSource:

@@ -33,7 +33,7 @@ The caches live under ``$LIGHTNING_T5_CACHE`` (default ``~/.cache/lightning_t5``
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tasks import metrics, postprocessors, preprocessors
 from tasks.errors import RowError, TaskError
@@ -66,10 +66,40 @@ def import_modules(names: Iterable[str] | None) -> list[object]:
     return modules
 
 
+def pop_imports(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split the user-module arguments off a command line: `(modules, remaining argv)`.
+
+    Every entry point (`train.py`, `python -m tasks`, `python -m mixtures`) accepts the same two spellings anywhere
+    on the line, before or after a sub-command: `imports=[my_tasks,other]` (the config key, as in the README) and
+    `--imports my_tasks` / `--imports=my_tasks,other` (repeatable). Running this before argparse/Hydra keeps the
+    rule in one place.
+    """
+    modules: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--imports":
+            if i + 1 >= len(args) or args[i + 1].startswith("-"):
+                raise TaskError("--imports needs a module name, e.g. --imports my_tasks.")
+            value, i = args[i + 1], i + 2
+        elif arg.startswith("--imports="):
+            value, i = arg.split("=", 1)[1], i + 1
+        elif arg.lstrip("+").startswith("imports="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            rest.append(arg)
+            i += 1
+            continue
+        modules.extend(m.strip().strip("'\"") for m in value.strip().strip("[]").split(",") if m.strip())
+    return modules, rest
+
+
 __all__ = [
     "DataSource", "FileSource", "HubSource", "InMemorySource", "LocalOrHubSource", "RowError",
     "SentencePieceVocabulary", "Task", "TaskError", "TaskRegistry", "TokenPreprocessor", "cache_root",
-    "example_seed", "get_default_vocabulary", "import_modules", "list_column_to_numpy", "metrics",
+    "example_seed", "get_default_vocabulary", "import_modules", "pop_imports", "list_column_to_numpy", "metrics",
     "postprocessors", "preprocessors", "shipped_or_hub", "take_rows", "train_vocabulary",
 ]
 

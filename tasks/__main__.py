@@ -3,6 +3,9 @@
     python -m tasks list                                   # name, source, splits, row counts
     python -m tasks show NAME [--split S] [-n N] [--json]  # raw row, text pair, token ids
     python -m tasks vocab --tasks T [T ...] --size 8000 --out data/vocab/spiece.model
+    python -m tasks reference > docs/reference.md          # every preprocessor, postprocessor, metric, objective
+
+Tasks of your own module: add `imports=[my_tasks]` or `--imports my_tasks` anywhere on the line.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(json.dumps({"name": name, "source": source, "kind": kind, "rows": sizes}))
         return 0
     widths = [max(len(r[i]) for r in rows + [("task", "source", "kind", "")]) for i in range(3)]
-    print(f"{'task':<{widths[0]}}  {'source':<{widths[1]}}  {'kind':<{widths[2]}}  rows per split ('?' = unknown without downloading/parsing, e.g. hub)")
+    print(f"{'task':<{widths[0]}}  {'source':<{widths[1]}}  {'kind':<{widths[2]}}  "
+          "rows per split ('?' = unknown without downloading/parsing, e.g. hub)")
     for name, source, kind, sizes in rows:
         print(f"{name:<{widths[0]}}  {source:<{widths[1]}}  {kind:<{widths[2]}}  {sizes}")
     print(f"{len(rows)} tasks")
@@ -125,10 +129,16 @@ def cmd_vocab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    from tasks.reference import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
-    parser.add_argument("--imports", action="append", default=[], metavar="MODULE",
-                        help="a user module that registers tasks (repeatable)")
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0],
+                                     epilog="User modules: imports=[my_tasks] or --imports my_tasks, anywhere.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list every registered task")
@@ -139,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--split", default=None, help="default: validation if present, else the first split")
     p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
-    p.add_argument("--json", action="store_true", help='one JSON object per example: {"raw", "inputs", "targets", "inputs_ids", "targets_ids"}')
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object per example: {"raw", "inputs", "targets", "inputs_ids", "targets_ids"}')
     p.add_argument("--inputs-length", type=int, default=512, help="unsupervised tasks: encoder length")
     p.add_argument("--targets-length", type=int, default=114, help="unsupervised tasks: decoder length")
     p.set_defaults(fn=cmd_show)
@@ -153,18 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--character-coverage", type=float, default=0.9995)
     p.add_argument("--input-sentence-size", type=int, default=400_000)
     p.set_defaults(fn=cmd_vocab)
+
+    p = sub.add_parser("reference",
+                       help="print docs/reference.md: every preprocessor, postprocessor, metric, objective")
+    p.set_defaults(fn=cmd_reference)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     import datasets
 
-    from tasks import TaskError, import_modules
+    from tasks import TaskError, import_modules, pop_imports
 
+    try:
+        modules, argv = pop_imports(sys.argv[1:] if argv is None else argv)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     datasets.disable_progress_bars()
     try:
-        import_modules(args.imports)
+        import_modules(modules)
         return args.fn(args)
     except TaskError as err:
         print(f"error: {err}", file=sys.stderr)

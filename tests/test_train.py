@@ -168,3 +168,26 @@ def test_learning_rate_schedules() -> None:
     assert lr_lambda("constant", warmup_steps=0, total_steps=5)(1000) == 1.0
     with pytest.raises(ValueError, match="cosine"):
         lr_lambda("cosin", warmup_steps=0, total_steps=1)
+
+
+@pytest.mark.slow
+def test_console_is_quiet_and_names_the_run_directory_first(tmp_path: Path) -> None:
+    """`python train.py`: no Lightning advert, no `datasets` Map/Generating bars, no "Total length of `list`" warning
+    for a run without evaluation tasks; the run directory is printed before training starts."""
+    import os
+    import subprocess
+    import sys
+
+    from test_train_helpers import CONFIG_DIR, FAST
+
+    root = Path(CONFIG_DIR).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(root)]),
+               LIGHTNING_T5_CACHE=str(tmp_path / "cache"))  # a cold cache: the tokenization phase runs
+    proc = subprocess.run([sys.executable, "train.py", *FAST, "trainer.max_steps=2", "eval.tasks=[]",
+                           "imports=[test_train_helpers]", f"output_dir={tmp_path}", "run_name=quiet"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    for noise in ("💡", "litlogger", "litmodels", "Map:", "Generating train split", "Total length of"):
+        assert noise not in console, (noise, console[-3000:])
+    assert proc.stdout.index(f"run directory: {tmp_path / 'quiet'}") < proc.stdout.index("training (Ctrl-C")
