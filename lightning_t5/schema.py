@@ -225,7 +225,7 @@ class RunConfig:
     run_name: Optional[str] = None  # None: a timestamp
     run_dir: Optional[str] = None  # None: ${output_dir}/${run_name}
     experiment: Optional[str] = None
-    experiment_options: Dict[str, Any] = field(default_factory=dict)  # free-form knobs for lightning_t5.experiments
+    experiment_options: Any = None  # replaced by lightning_t5.experiments.options.ExperimentOptions
     # configs/objective/*.yaml: the pretraining objective of the mixture's corpus tasks, e.g.
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
@@ -238,10 +238,13 @@ def build_schema() -> type:
     """`RunConfig` with its `model` and `mixing` sections generated from the consuming dataclasses (cached)."""
     global _SCHEMA
     if _SCHEMA is None:
+        from lightning_t5.experiments.options import ExperimentOptions
+
         model, mixing = _model_schema(), _mixing_schema()
         _SCHEMA = dataclasses.make_dataclass(
             "RunConfigSchema",
-            [("model", model, field(default_factory=model)), ("mixing", mixing, field(default_factory=mixing))],
+            [("model", model, field(default_factory=model)), ("mixing", mixing, field(default_factory=mixing)),
+             ("experiment_options", ExperimentOptions, field(default_factory=ExperimentOptions))],
             bases=(RunConfig,),
         )
     return _SCHEMA

@@ -28,6 +28,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_t5.schema import ConfigError
 
+from lightning_t5.evaluation import write_json
+
+from .options import ExperimentOptions
 from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
 from .results import build_results, write_results
 
@@ -74,7 +77,7 @@ def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | 
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.experiment = None
-        c.experiment_options = {}
+        c.experiment_options = OmegaConf.structured(ExperimentOptions)
         c.mixture = stage.mixture
         if stage.mixing:
             c.mixing = OmegaConf.merge(c.get("mixing") or {}, dict(stage.mixing))
@@ -95,6 +98,8 @@ def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | 
         c.export_hf = None
         c.run_name = f"{stage.name}"
         c.run_dir = str(run_dir)
+        if stage.seed is not None:
+            c.seed = stage.seed  # experiment_options.seeds: changes the initialisation and the data order
     return c
 
 
@@ -124,6 +129,20 @@ def _benchmarks(tasks: list[str]) -> dict[str, str | None]:
         if bench is None:
             bench = "super_glue" if t.startswith("super_glue_") else "glue" if t.startswith("glue_") else None
         out[t] = bench
+    return out
+
+
+def _metric_fns(tasks: list[str]) -> dict[str, list[Any]]:
+    """task -> its metric functions (for intervals and paired tests); tasks the registry does not know are left
+    out, so their rows get no intervals instead of failing the table."""
+    from tasks import TaskRegistry
+
+    out = {}
+    for t in tasks:
+        try:
+            out[t] = list(TaskRegistry.get(t).metric_fns)
+        except Exception:  # unknown task in fake/offline use
+            continue
     return out
 
 
@@ -282,7 +301,7 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
             )
         metrics_path = run_dir / "metrics.json"
         if rank_zero and not metrics_path.exists():  # fit writes it; keep reuse working if a fit does not
-            metrics_path.write_text(json.dumps(result, indent=2, default=str))
+            write_json(metrics_path, result)
         results[stage.name] = result
 
     # Rows not selected in this invocation (experiment_options.rows) still appear with whatever earlier runs of
@@ -298,7 +317,8 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
                 if done is not None:
                     results[stage.name] = done
     table = build_results(full, results, benchmarks=_benchmarks(list(plan.tasks)),
-                          include_paper=bool(experiment_block(cfg).get("paper", True)))
+                          include_paper=bool(experiment_block(cfg).get("paper", True)),
+                          metric_fns=_metric_fns(list(plan.tasks)))
     if register:
         _add_mixing_rates(table, full)
     table["wall_time_s_this_invocation"] = round(time.time() - started, 3)
