@@ -103,7 +103,8 @@ def evaluate_checkpoint(ckpt: str | Path, tasks: Sequence[str] | None = None, sp
     del checkpoint
     model = load_model(path)
     bs = int(batch_size or eval_cfg.get("batch_size", 64))
-    new_tokens = int(max_new_tokens or eval_cfg.get("max_new_tokens") or 16)
+    new_tokens = max_new_tokens or eval_cfg.get("max_new_tokens")  # None: each task's longest target
+    cap = OmegaConf.select(run_cfg, "data.sequence_length.targets", default=None) if run_cfg is not None else None
     beams = int(eval_cfg.get("num_beams", 1))
     local: dict[str, list] = {}
     with torch.no_grad():
@@ -111,13 +112,13 @@ def evaluate_checkpoint(ckpt: str | Path, tasks: Sequence[str] | None = None, sp
             loader = torch.utils.data.DataLoader(ev.dataset(), batch_size=bs, shuffle=False, collate_fn=collate_eval)
             for batch in loader:
                 local.setdefault(ev.name, []).extend(ev.predict(model, batch, max_new_tokens=new_tokens,
-                                                                num_beams=beams))
+                                                                num_beams=beams, target_cap=cap))
     evaluation = evaluate_predictions(evaluators, gather_predictions(local), step=-1)
     out_dir = Path(out) if out else (run_dir or path.parent) / f"evaluate_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(path), "split": split, "metrics": evaluation["metrics"],
               "averages": evaluation["averages"], **eval_details(evaluation),
-              "max_new_tokens": new_tokens, "wall_time_s": round(time.time() - start, 2)}
+              "wall_time_s": round(time.time() - start, 2)}
     write_predictions(out_dir, evaluation)
     write_json(out_dir / "metrics.json", result)
     counts = ", ".join(f"{t} {n}" for t, n in sorted(result["num_examples"].items()))

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -109,6 +110,10 @@ class TaskEvaluator:
         limit = self.max_input_length - 1  # room for EOS
         self.inputs = [np.asarray(list(ids[:limit]) + [vocab.eos_id], dtype=np.int64) for ids in encoded]
         self.targets = [task.postprocess(ex["targets"], example=ex, is_target=True) for ex in self.examples]
+        # target lengths in tokens incl. EOS: what generation must be allowed to produce (eval.max_new_tokens)
+        self.target_lengths = np.array([len(ids) + 1 for ids in vocab.encode_batch([ex["targets"] for ex in
+                                                                                    self.examples])])
+        self.max_new_tokens: int | None = None  # the generation length used (set by `generation_length`)
         choices = getattr(task, "label_choices", None) if self.rank_classification else None
         if choices:
             ids = [list(c) + [vocab.eos_id] for c in vocab.encode_batch(list(choices))]
@@ -127,13 +132,30 @@ class TaskEvaluator:
         return EvalDataset(self.inputs, rank, world_size)
 
     # ----------------------------------------------------------------------------------------------------------
+    def generation_length(self, max_new_tokens: int | None, target_cap: int | None = None) -> int:
+        """Tokens to generate: `max_new_tokens`, or when None the longest target of the evaluation examples
+        (capped by `target_cap`, the training target length). An explicit value shorter than some targets is
+        allowed but warned about once, with the share of targets it cuts."""
+        if self.max_new_tokens is None:
+            longest = int(self.target_lengths.max())
+            if max_new_tokens is None:
+                self.max_new_tokens = min(longest, int(target_cap)) if target_cap else longest
+            else:
+                self.max_new_tokens = int(max_new_tokens)
+                cut = float((self.target_lengths > self.max_new_tokens).mean())
+                if cut > 0:
+                    log.warning("%s/%s: eval.max_new_tokens=%d is shorter than %.1f%% of the targets (longest %d "
+                                "tokens incl. EOS): those predictions are cut; set eval.max_new_tokens=null to derive "
+                                "it from the targets", self.name, self.split, self.max_new_tokens, 100 * cut, longest)
+        return self.max_new_tokens
+
     @torch.no_grad()
-    def predict(self, model: Any, batch: Mapping[str, torch.Tensor], *, max_new_tokens: int, num_beams: int = 1
-                ) -> list[tuple[int, Any, Any, str]]:
+    def predict(self, model: Any, batch: Mapping[str, torch.Tensor], *, max_new_tokens: int | None = None,
+                num_beams: int = 1, target_cap: int | None = None) -> list[tuple[int, Any, Any, str]]:
         """(example index, postprocessed generated prediction, postprocessed rank-classification prediction,
         generated text before postprocessing)."""
         out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
-                             max_new_tokens=max_new_tokens, num_beams=num_beams)
+                             max_new_tokens=self.generation_length(max_new_tokens, target_cap), num_beams=num_beams)
         vocab = self.task.vocabulary
         indices = batch["index"].tolist()
         texts = [vocab.decode(row) for row in out.tolist()]
@@ -208,7 +230,9 @@ class TaskEvaluator:
             if label is not None:
                 preds = [self.task.postprocess(label, example=ex, is_target=False) for ex in self.examples]
                 self._majority_predictions = preds
-                metrics = {k: float(v) for k, v in self.task.compute_metrics(self.targets, preds).items()}
+                with warnings.catch_warnings():  # a constant prediction has no correlation: NaN, reported as null
+                    warnings.simplefilter("ignore")
+                    metrics = {k: float(v) for k, v in self.task.compute_metrics(self.targets, preds).items()}
                 if self.choice_ids is not None:
                     metrics.update({f"rank_{k}": v for k, v in list(metrics.items())})
                 self._majority = {"prediction": label, "metrics": metrics}
@@ -339,6 +363,7 @@ def evaluate_predictions(evaluators: Sequence[TaskEvaluator], merged: Mapping[st
         "step": step, "metrics": metrics, "averages": averages,
         "ci": {ev.name: ev.confidence_intervals(merged.get(ev.name, {})) for ev in evaluators},
         "num_examples": {ev.name: len(ev.examples) for ev in evaluators},
+        "max_new_tokens": {ev.name: ev.max_new_tokens for ev in evaluators},
         "split": evaluators[0].split if evaluators else None,
         "majority": majority,
         "records": {ev.name: ev.records(merged.get(ev.name, {})) for ev in evaluators},
@@ -350,6 +375,7 @@ def eval_details(after: Mapping[str, Any] | None) -> dict[str, Any]:
     after = after or {}
     return {"ci": after.get("ci", {}), "ci_level": LEVEL, "ci_resamples": N_RESAMPLES,
             "num_examples": after.get("num_examples", {}), "eval_split": after.get("split"),
+            "max_new_tokens": after.get("max_new_tokens", {}),
             "majority": after.get("majority", {})}
 
 
@@ -395,7 +421,10 @@ def render_run_results(cfg: Any, result: Mapping[str, Any], with_before: bool) -
     table = format_metrics_table(result["metrics"], result["metrics_before"] if with_before else None,
                                  result["averages"], result["averages_before"] if with_before else None,
                                  ci=result.get("ci") or {}, counts=counts, majority=result.get("majority") or {})
-    text = header + table + "\n"
+    gen = result.get("max_new_tokens") or {}
+    gen_text = ("\nGenerated up to " + ", ".join(f"{t} {n}" for t, n in sorted(gen.items())) + " tokens per task "
+                f"(eval.max_new_tokens={cfg.eval.max_new_tokens}; null = each task's longest target).\n") if gen else ""
+    text = header + table + "\n" + gen_text
     trunc = result.get("truncation")
     if trunc:
         from lightning_t5.truncation import render_truncation

@@ -211,8 +211,9 @@ class T5LightningModule(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         evaluator = self._evaluators()[dataloader_idx]
-        rows = evaluator.predict(self.model, batch, max_new_tokens=int(self.eval_options.get("max_new_tokens", 16)),
-                                 num_beams=int(self.eval_options.get("num_beams", 1)))
+        rows = evaluator.predict(self.model, batch, max_new_tokens=self.eval_options.get("max_new_tokens"),
+                                 num_beams=int(self.eval_options.get("num_beams", 1)),
+                                 target_cap=self.eval_options.get("max_target_length"))
         self._val_predictions.setdefault(evaluator.name, []).extend(rows)
 
     def on_validation_epoch_end(self) -> None:

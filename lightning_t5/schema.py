@@ -162,7 +162,7 @@ class EvalConfig:
     split: str = "validation"
     max_examples: Optional[int] = 128  # per task; None = the whole split
     batch_size: int = 64
-    max_new_tokens: int = 16
+    max_new_tokens: Optional[int] = None  # None: each task's longest eval target (capped by data.sequence_length.targets)
     num_beams: int = 1
     rank_classification: bool = True  # also score each label string by likelihood (classification tasks)
     before_training: bool = True  # evaluate the initial model (step 0) for a before/after comparison
@@ -272,7 +272,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 
 _POSITIVE = ("data.batch_size", "data.sequence_length.inputs", "data.sequence_length.targets", "trainer.max_steps",
              "trainer.accumulate_grad_batches", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
-             "eval.batch_size", "eval.max_new_tokens", "eval.num_beams")
+             "eval.batch_size", "eval.num_beams")
 
 
 def to_run_config(cfg: Any) -> DictConfig:
@@ -321,6 +321,9 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} is not valid: it must be positive.")
     if cfg.optim.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps!r} must be >= 0.")
+    if cfg.eval.max_new_tokens is not None and cfg.eval.max_new_tokens <= 0:
+        raise ConfigError(f"eval.max_new_tokens={cfg.eval.max_new_tokens!r} must be positive or null (derived from "
+                          "each task's target lengths).")
     if cfg.eval.max_examples is not None and cfg.eval.max_examples <= 0:
         raise ConfigError(f"eval.max_examples={cfg.eval.max_examples!r} must be positive or null (whole split).")
     if cfg.data.num_workers < 0:

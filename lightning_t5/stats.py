@@ -238,7 +238,9 @@ def route_metrics(metric_fns: Sequence[MetricFn], targets: Sequence[Any], predic
         raise ValueError("every seed's predictions must cover the same examples as the targets")
     routes = []
     for fn in metric_fns:
-        per_seed = [dict(fn(targets, row)) for row in predictions]
+        with warnings.catch_warnings():  # e.g. scipy's ConstantInputWarning for a constant prediction: NaN is the answer
+            warnings.simplefilter("ignore")
+            per_seed = [dict(fn(targets, row)) for row in predictions]
         for name in per_seed[0]:
             value = float(np.mean([float(s[name]) for s in per_seed]))
             route = _try_kernel(name, value, targets, predictions) or _try_mean(name, value, fn, targets, predictions)
@@ -259,9 +261,11 @@ def _loop_values(route: MetricRoute, rows: np.ndarray) -> np.ndarray:
     """The task's own function on each resample (rows: [B, n] index vectors), mean over seeds."""
     assert route.fn is not None and route.targets is not None and route.predictions is not None
     out = np.empty(len(rows))
-    for b, idx in enumerate(rows):
-        t = [route.targets[i] for i in idx]
-        out[b] = np.mean([float(route.fn(t, [row[i] for i in idx])[route.name]) for row in route.predictions])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b, idx in enumerate(rows):
+            t = [route.targets[i] for i in idx]
+            out[b] = np.mean([float(route.fn(t, [row[i] for i in idx])[route.name]) for row in route.predictions])
     return out
 
 

@@ -197,6 +197,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     from lightning_t5.data import MixtureDataModule
     from lightning_t5.evaluation import eval_details, render_run_results, write_predictions
     from lightning_t5.module import T5LightningModule
+    from lightning_t5.truncation import report_for_run
 
     start = time.time()
     _quiet_known_warnings()
@@ -206,6 +207,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     cfg = prepare_config(cfg)
     setup = RunSetup(cfg)
     run_dir = Path(cfg.run_dir)
+    truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
     tcfg = cfg.trainer
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -218,7 +220,8 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         model_config=setup.model_config, optim=_plain(cfg.optim), task_names=setup.task_names,
         total_steps=total_steps, vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
-        eval_options={"max_new_tokens": int(cfg.eval.max_new_tokens), "num_beams": int(cfg.eval.num_beams)},
+        eval_options={"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": int(cfg.eval.num_beams),
+                      "max_target_length": int(cfg.data.sequence_length.targets)},
     )
     if cfg.init_from and setup.checkpoint is None:
         _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
@@ -288,6 +291,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         "tokens": int(train_log.tokens),
         "wall_time_s": round(time.time() - start, 2),
         **eval_details(after),
+        "truncation": truncation,
     }
     if trainer.is_global_zero:
         write_predictions(run_dir, after)

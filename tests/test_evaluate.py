@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from test_train_helpers import compose_config
@@ -27,7 +28,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     root = tmp_path_factory.mktemp("eval_run")
     cfg = compose_config(root, "trainer.max_steps=2", "eval.max_examples=6", "eval.batch_size=6",
-                         "eval.max_new_tokens=4", "data.batch_size=8", "trainer.enable_progress_bar=false",
+                         "data.batch_size=8", "trainer.enable_progress_bar=false",
                          f"eval.tasks=[{','.join(TASKS)}]", fast=False, run_name="tiny")
     return fit(cfg)
 
@@ -51,7 +52,7 @@ def test_run_metrics_have_intervals_counts_majority_and_are_strict_json(tiny_run
     share = 100 * sum(r["target"] == rows[0]["majority_prediction"] for r in rows) / 6
     assert saved["majority"]["glue_rte"]["metrics"]["accuracy"] == pytest.approx(share)
     md = (run_dir / "results.md").read_text()
-    assert "glue_mrpc 6, glue_rte 6 examples" in md and "up to" not in md
+    assert "glue_mrpc 6, glue_rte 6 examples" in md and "up to 6" not in md
     assert "| 95% CI | majority class |" in md
 
 
@@ -93,3 +94,34 @@ def test_evaluate_cli_missing_checkpoint(tmp_path: Path, capsys) -> None:
 
     assert main(["--ckpt", str(tmp_path / "nowhere"), "--tasks", "glue_rte"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_truncation_report_and_generation_length(tiny_run: dict) -> None:
+    """16.7: the share of each task cut by data.sequence_length (train and eval split), and a generation length
+    derived from the targets instead of a fixed default that could cut them."""
+    from tasks import TaskRegistry
+
+    saved = strict_json(Path(tiny_run["run_dir"]) / "metrics.json")
+    rte = {e["split"]: e for e in saved["truncation"]["glue_rte"]}
+    task = TaskRegistry.get("glue_rte")
+    lengths = np.array([len(ids) + 1 for ids in task.vocabulary.encode_batch(
+        [ex["inputs"] for ex in task.text_examples("validation")])])  # + EOS
+    assert rte["validation"]["examples"] == len(lengths)
+    assert rte["validation"]["inputs"]["truncated_share"] == pytest.approx(float((lengths > 128).mean()))
+    assert rte["validation"]["inputs"]["p95"] == int(np.ceil(np.percentile(lengths, 95)))
+    assert 0 < rte["train"]["inputs"]["truncated_share"] < 1 and rte["train"]["targets"]["truncated"] == 0
+    md = (Path(tiny_run["run_dir"]) / "results.md").read_text()
+    assert "| glue_rte | validation |" in md and "fits 95 %" in md
+    # eval.max_new_tokens is null by default: each task generates up to its longest target (incl. EOS)
+    longest = max(len(ids) + 1 for ids in task.vocabulary.encode_batch(["entailment", "not_entailment"]))
+    assert saved["max_new_tokens"]["glue_rte"] == longest
+
+
+def test_explicit_generation_length_that_cuts_targets_is_warned(tiny_run: dict, tmp_path: Path, caplog) -> None:
+    from lightning_t5.evaluate import main
+
+    with caplog.at_level("WARNING"):
+        assert main(["--ckpt", tiny_run["run_dir"], "--tasks", "glue_mrpc", "--max-examples", "4",
+                     "--max-new-tokens", "1", "--out", str(tmp_path / "o")]) == 0
+    assert "eval.max_new_tokens=1 is shorter than 100.0% of the targets" in caplog.text
+    assert strict_json(tmp_path / "o" / "metrics.json")["max_new_tokens"] == {"glue_mrpc": 1}
