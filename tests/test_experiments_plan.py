@@ -286,3 +286,18 @@ def test_experiment_options_are_checked_by_the_run_schema_at_composition():
         GlobalHydra.instance().clear()
     with pytest.raises(ExperimentConfigError, match=r"experiment_options.seeds\[0\]"):
         make_plan(strategies_cfg(seeds=["x"]))
+
+
+def test_docs_list_every_experiment_option_and_strategy():
+    import dataclasses
+
+    from lightning_t5.experiments.options import ExperimentOptions
+
+    root = CONFIGS.parents[1]
+    for doc in (root / "docs" / "experiments.md", root / "README.md"):
+        text = doc.read_text()
+        reference = text[text.index("## Reference: experiment settings"):]
+        for f in dataclasses.fields(ExperimentOptions):
+            assert f"`{f.name}`" in reference, (doc.name, f.name)
+        for strategy in STRATEGIES:
+            assert f"`{strategy}`" in text, (doc.name, strategy)
