@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = [
     "N_RESAMPLES",
@@ -40,6 +39,7 @@ __all__ = [
     "MetricRoute",
     "route_metrics",
     "bootstrap_indices",
+    "bootstrap",
     "bootstrap_ci",
     "percentile_ci",
     "paired_permutation",
@@ -139,12 +139,35 @@ def _k_macro_f1(num_classes: int) -> Kernel:
 def _k_pearson(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     dt = t - t.mean(axis=1, keepdims=True)
     dp = p - p.mean(axis=1, keepdims=True)
+    # a constant row has no correlation (NaN, as scipy says); its mean-centred values are rounding noise, not 0
+    constant = (t.max(axis=1) == t.min(axis=1)) | (p.max(axis=1) == p.min(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return 100.0 * (dt * dp).sum(axis=1) / np.sqrt((dt * dt).sum(axis=1) * (dp * dp).sum(axis=1))
+        r = 100.0 * (dt * dp).sum(axis=1) / np.sqrt((dt * dt).sum(axis=1) * (dp * dp).sum(axis=1))
+    return np.where(constant, np.nan, r)
+
+
+def _row_ranks(codes: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, ties share their mean rank) within each row of dense value codes [B, m].
+
+    Counting instead of sorting: per row, how many elements hold each code (bincount), cumulated; the rank of code
+    u is cum[u] - (count[u] - 1) / 2. O(B * (m + U)), which is what makes Spearman on 1000 resamples cheap."""
+    b = codes.shape[0]
+    u = int(codes.max()) + 1
+    counts = np.bincount((np.arange(b)[:, None] * u + codes).ravel(), minlength=b * u).reshape(b, u)
+    rank_of_code = np.cumsum(counts, axis=1) - (counts - 1) / 2.0
+    return np.take_along_axis(rank_of_code, codes, axis=1)
 
 
 def _k_spearman(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-    return _k_pearson(rankdata(t, axis=1), rankdata(p, axis=1))
+    """Spearman on dense rank codes (see `_dense_codes`): Pearson of the within-resample average ranks."""
+    return _k_pearson(_row_ranks(t), _row_ranks(p))
+
+
+def _dense_codes(values: np.ndarray) -> np.ndarray:
+    """Values replaced by the index of their value among the sorted distinct values (same shape). Rank statistics
+    are unchanged by this, and integer codes can be counted per resample."""
+    _, inverse = np.unique(values, return_inverse=True)
+    return inverse.reshape(values.shape).astype(np.int64)
 
 
 def _k_mean(t: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -206,7 +229,11 @@ def _try_kernel(name: str, value: float, targets: list, predictions: list[list])
                 p = np.stack([_floats(row) for row in predictions])
                 if np.isnan(t).any():
                     continue
-                if name != "pearson_corrcoef" and name != "spearman_corrcoef":
+                if name == "spearman_corrcoef":
+                    if np.isnan(p).any():
+                        continue
+                    t, p = _dense_codes(t), _dense_codes(p)
+                elif name != "pearson_corrcoef":
                     p = np.nan_to_num(p, nan=-1.0)  # unparsable label -> an invalid class
         except (TypeError, ValueError):
             continue
@@ -288,25 +315,29 @@ def percentile_ci(replicates: np.ndarray, level: float = LEVEL) -> tuple[float |
     return float(lo), float(hi)
 
 
+def bootstrap(metric_fns: Sequence[MetricFn], targets: Sequence[Any], predictions: Sequence[Sequence[Any]],
+              n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL
+              ) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+    """(`bootstrap_ci`'s dict, [B] replicates of the task score = mean of the metrics per resample)."""
+    routes = route_metrics(metric_fns, targets, predictions)
+    idx = bootstrap_indices(len(list(targets)), n_resamples, seed)
+    out, reps = {}, []
+    for route in routes:
+        r = _replicates(route, idx)
+        lo, hi = percentile_ci(r, level)
+        out[route.name] = {"value": route.value, "ci": [lo, hi], "resamples": int(len(r)), "method": route.kind}
+        reps.append(r)
+    b = min(len(r) for r in reps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a resample where every metric is undefined: NaN
+        score = np.nanmean(np.stack([r[:b] for r in reps]), axis=0)
+    return out, score
+
+
 def bootstrap_ci(metric_fns: Sequence[MetricFn], targets: Sequence[Any], predictions: Sequence[Sequence[Any]],
                  n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict[str, dict[str, Any]]:
     """{metric: {"value", "ci": [lo, hi], "resamples", "method"}} for one task (predictions: [S seeds][n])."""
-    routes = route_metrics(metric_fns, targets, predictions)
-    idx = bootstrap_indices(len(list(targets)), n_resamples, seed)
-    out = {}
-    for route in routes:
-        reps = _replicates(route, idx)
-        lo, hi = percentile_ci(reps, level)
-        out[route.name] = {"value": route.value, "ci": [lo, hi], "resamples": int(len(reps)), "method": route.kind}
-    return out
-
-
-def score_replicates(routes: Sequence[MetricRoute], idx: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
-    """[B] replicates of a task score (mean of the named metrics, all when None) on resamples idx."""
-    chosen = [r for r in routes if names is None or r.name in names]
-    reps = [_replicates(r, idx) for r in chosen]
-    b = min(len(r) for r in reps)
-    return np.nanmean(np.stack([r[:b] for r in reps]), axis=0) if reps else np.full(len(idx), np.nan)
+    return bootstrap(metric_fns, targets, predictions, n_resamples, seed, level)[0]
 
 
 # ------------------------------------------------------------------------------------------------ paired test
@@ -355,7 +386,8 @@ def paired_permutation(metric_fns: Sequence[MetricFn], targets: Sequence[Any], p
     if not diffs:
         raise ValueError(f"none of the metrics {names} is reported by the task")
     b = min(len(d) for d in diffs)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every metric undefined (e.g. a correlation of a constant): NaN
         return float(np.nanmean(observed)), np.nanmean(np.stack([d[:b] for d in diffs]), axis=0)
 
 

@@ -135,3 +135,16 @@ def test_json_safe_writes_standard_json():
     data = {"a": float("nan"), "b": [np.float32(1.5), float("inf")], "c": np.arange(2)}
     text = json.dumps(stats.json_safe(data), allow_nan=False)
     assert json.loads(text) == {"a": None, "b": [1.5, None], "c": [0, 1]}
+
+
+def test_constant_prediction_has_no_correlation_and_stays_vectorised():
+    """A constant prediction (the majority-class reference of STS-B) has an undefined correlation, as in scipy; the
+    kernel must say so instead of correlating rounding noise, or the route would fall back to the slow loop."""
+    rng = np.random.default_rng(2)
+    y = rng.uniform(0, 5, 300).round(1).tolist()
+    p = (np.array(y) + rng.normal(0, 1, 300)).round(1).tolist()
+    routes = stats.route_metrics([M.pearson_corrcoef, M.spearman_corrcoef], y, [p, [2.6] * 300])
+    assert [r.kind for r in routes] == ["kernel", "kernel"]
+    assert all(np.isnan(r.value) for r in routes)
+    obs, null = stats.paired_permutation([M.pearson_corrcoef], y, [p], [[2.6] * 300])
+    assert np.isnan(obs) and stats.permutation_p_value(obs, null) is None

@@ -26,14 +26,11 @@ from lightning_t5.evaluation import read_predictions
 from lightning_t5.stats import (
     ALPHA,
     N_RESAMPLES,
-    bootstrap_ci,
-    bootstrap_indices,
+    bootstrap,
     holm,
     paired_permutation,
     permutation_p_value,
     percentile_ci,
-    route_metrics,
-    score_replicates,
 )
 
 from .plan import ExperimentPlan
@@ -112,15 +109,11 @@ def add_statistics(out: dict[str, Any], plan: ExperimentPlan, stage_results: Map
             d, fns = preds.get(key, task), metric_fns.get(task)
             if d is None or not fns:
                 continue
-            n = len(d["targets"])
-            row["ci"][task] = {k: v["ci"] for k, v in bootstrap_ci(fns, d["targets"], d["gen"],
-                                                                    seed=_task_seed(task)).items()}
-            idx = bootstrap_indices(n, N_RESAMPLES, _task_seed(task))
-            reps[False][task] = score_replicates(route_metrics(fns, d["targets"], d["gen"]), idx)
-            if d["rank"] is not None:
-                rank_ci = bootstrap_ci(fns, d["targets"], d["rank"], seed=_task_seed(task))
+            gen_ci, reps[False][task] = bootstrap(fns, d["targets"], d["gen"], seed=_task_seed(task))
+            row["ci"][task] = {k: v["ci"] for k, v in gen_ci.items()}
+            if d["rank"] is not None:  # same seed: the same resamples as the generation scores
+                rank_ci, reps[True][task] = bootstrap(fns, d["targets"], d["rank"], seed=_task_seed(task))
                 row["ci"][task].update({f"rank_{k}": v["ci"] for k, v in rank_ci.items()})
-                reps[True][task] = score_replicates(route_metrics(fns, d["targets"], d["rank"]), idx)
         for use_rank, name in ((False, "averages_ci"), (True, "rank_averages_ci")):
             row[name] = _average_cis(reps[use_rank], plan.tasks, benchmarks)
 
