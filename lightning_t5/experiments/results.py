@@ -368,8 +368,13 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if ordering:
         lines += [f"Ordering vs. the paper: {ordering['note']}", ""]
     if results.get("paper_citation"):
-        lines += [f"Paper numbers: {results['paper_citation']} (T5-Base, 2^19 + 2^18 steps of 128 x 512 tokens). "
-                  "Only numbers checked against the paper are shown; '–' means not recorded.", ""]
+        std = results.get("paper_baseline_std") or {}
+        noise = (" The paper's baseline varies by " + ", ".join(f"{PAPER_COLUMNS[k]} {v}" for k, v in std.items())
+                 + " (standard deviation over 10 runs, its Table 1), the noise level it assumes for every row.") \
+            if std else ""
+        lines += [f"Paper numbers: {results['paper_citation']} (T5-Base, 2^19 + 2^18 steps of 128 x 512 tokens; "
+                  "'No pre-training' is Table 1's row, 2^18 fine-tuning steps from scratch). Only numbers checked "
+                  f"against the paper are shown; '–' means not recorded.{noise}", ""]
     tot = results.get("totals")
     if tot:
         lines.append(f"Total compute: {tot['stages_finished']}/{tot['stages']} stages, {tot['steps']} steps, "

@@ -194,7 +194,8 @@ def _check_or_write_spec(run_dir: Path, stage: Stage, fp: str, init_from: str | 
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = spec_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp, "spec": stage.spec(), "init_from": init_from}, indent=2))
+    tmp.write_text(json.dumps({"fingerprint": fp, "spec": stage.spec(), "init_from": init_from}, indent=2,
+                              allow_nan=False))
     os.replace(tmp, spec_path)
 
 
@@ -260,10 +261,12 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
         register_mixtures(plan)
     if rank_zero:
         (out / "plan.json").write_text(json.dumps(
-            {"name": plan.name, "kind": plan.kind, "stages": [s.spec() for s in plan.stages],
+            {"name": plan.name, "kind": plan.kind, "seeds": list(plan.seeds) or None,
+             "stages": [s.spec() for s in plan.stages],
              "rows": [{"key": r.key, "label": r.label, "eval_stage": dict(r.eval_stage),
+                       "eval_stages": [{"seed": seed, "eval_stage": dict(m)} for seed, m in r.eval_stages()],
                        "stages": list(r.stages)} for r in plan.rows],
-             "mixtures": {k: list(v) for k, v in plan.mixtures.items()}}, indent=2))
+             "mixtures": {k: list(v) for k, v in plan.mixtures.items()}}, indent=2, allow_nan=False))
 
     context = _context(cfg)
     results: dict[str, dict[str, Any]] = {}
