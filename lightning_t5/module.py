@@ -10,12 +10,12 @@ whole global batch. That is what makes the 2-process == 1-process test hold.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 
-from lightning_t5.evaluation import benchmark_averages, gather_predictions
+from lightning_t5.evaluation import evaluate_predictions, gather_predictions
 from lightning_t5.fused import log_kernels, make_optimizer
 from lightning_t5.model import SEQIO_INPUTS
 from lightning_t5.schedules import lr_lambda
@@ -153,8 +153,9 @@ class T5LightningModule(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         evaluator = self._evaluators()[dataloader_idx]
-        rows = evaluator.predict(self.model, batch, max_new_tokens=int(self.eval_options.get("max_new_tokens", 16)),
-                                 num_beams=int(self.eval_options.get("num_beams", 1)))
+        rows = evaluator.predict(self.model, batch, max_new_tokens=self.eval_options.get("max_new_tokens"),
+                                 num_beams=int(self.eval_options.get("num_beams", 1)),
+                                 target_cap=self.eval_options.get("max_target_length"))
         self._val_predictions.setdefault(evaluator.name, []).extend(rows)
 
     def on_validation_epoch_end(self) -> None:
@@ -163,9 +164,8 @@ class T5LightningModule(pl.LightningModule):
             return
         local = {ev.name: self._val_predictions.get(ev.name, []) for ev in evaluators}
         merged = gather_predictions(local)
-        metrics = {ev.name: ev.compute(merged.get(ev.name, {})) for ev in evaluators}
-        averages = benchmark_averages(metrics, {ev.name: ev.benchmark for ev in evaluators})
-        self.last_eval = {"step": int(self.trainer.global_step), "metrics": metrics, "averages": averages}
+        self.last_eval = evaluate_predictions(evaluators, merged, int(self.trainer.global_step))
+        metrics, averages = self.last_eval["metrics"], self.last_eval["averages"]
         for task, values in metrics.items():
             for key, value in values.items():
                 self.log(f"{task}/{key}", float(value), batch_size=1, rank_zero_only=True)

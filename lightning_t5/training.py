@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_t5.checkpoint import CheckpointError, RunInterrupted, find_last_checkpoint
 from lightning_t5.schema import ConfigError, to_run_config, validate_config
+from lightning_t5.truncation import report_for_run
 
 if TYPE_CHECKING:
     from lightning_t5.callbacks import InterruptCheckpoint, TrainLog
@@ -189,9 +190,9 @@ def _init_weights(model: Any, init_from: str, model_config: Mapping[str, Any], v
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    from lightning_t5.evaluation import write_json
+
+    write_json(path, payload)  # standard JSON: NaN -> null
 
 
 class _DropAdverts(logging.Filter):
@@ -239,6 +240,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     from lightning_t5.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
 
     _seed_and_precision(cfg)
+    truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
     module = _build_module(cfg, setup)
     datamodule = _build_datamodule(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
@@ -252,9 +254,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         raise
     _train(trainer, module, datamodule, setup, interrupt)
     after = _evaluate(trainer, module, datamodule)
-    result = _result(cfg, trainer, train_log, before, after, start)
+    result = _result(cfg, trainer, train_log, before, after, start, truncation)
     if trainer.is_global_zero:
-        _write_outputs(cfg, module, result, before)
+        _write_outputs(cfg, module, result, before, after)
     return result
 
 
@@ -284,7 +286,8 @@ def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
         model_config=setup.model_config, optim=_plain(cfg.optim), task_names=setup.task_names,
         total_steps=int(cfg.optim.total_steps or tcfg.max_steps), vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
-        eval_options={"max_new_tokens": int(cfg.eval.max_new_tokens), "num_beams": int(cfg.eval.num_beams)},
+        eval_options={"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": int(cfg.eval.num_beams),
+                      "max_target_length": int(cfg.data.sequence_length.targets)},
     )
     if cfg.init_from and setup.checkpoint is None:
         _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
@@ -367,7 +370,7 @@ def _evaluate_before_training(trainer: Any, module: Any, datamodule: Any, cfg: D
         _phase(trainer, f"preparing data and evaluating the untrained model on {len(setup.eval_tasks)} task(s) ...")
         before = _evaluate(trainer, module, datamodule, force=True)
         if trainer.is_global_zero and before is not None:
-            _write_json(before_path, before)
+            _write_json(before_path, {k: v for k, v in before.items() if k != "records"})
         return before
     return json.loads(before_path.read_text()) if before_path.is_file() else None
 
@@ -396,7 +399,9 @@ def _evaluate(trainer: Any, module: Any, datamodule: Any, force: bool = False) -
 
 
 def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str, Any] | None,
-            after: dict[str, Any] | None, start: float) -> dict[str, Any]:
+            after: dict[str, Any] | None, start: float, truncation: Any) -> dict[str, Any]:
+    from lightning_t5.evaluation import eval_details
+
     last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     return {
         "run_dir": str(cfg.run_dir),
@@ -408,24 +413,24 @@ def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str
         "steps": int(trainer.global_step),
         "tokens": int(train_log.tokens),
         "wall_time_s": round(time.time() - start, 2),
+        **eval_details(after),
+        "truncation": truncation,
     }
 
 
-def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before: dict[str, Any] | None) -> None:
-    """metrics.json, results.md, the metrics table on the console and the optional Hugging Face export."""
-    from lightning_t5.evaluation import format_metrics_table
+def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before: dict[str, Any] | None,
+                   after: dict[str, Any] | None) -> None:
+    """predictions/<task>.jsonl, metrics.json, results.md, the results on the console and the optional Hugging Face
+    export."""
+    from lightning_t5.evaluation import render_run_results, write_predictions
     from lightning_t5.export import export_model
 
     run_dir = Path(cfg.run_dir)
+    write_predictions(run_dir, after)
     _write_json(run_dir / "metrics.json", result)
-    table = format_metrics_table(result["metrics"], result["metrics_before"] if before else None,
-                                 result["averages"], result["averages_before"] if before else None)
-    header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
-              f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
-              f"Metrics on up to {cfg.eval.max_examples or 'all'} {cfg.eval.split} examples per task "
-              f"(before = the untrained model at step 0; `rank_*` = rank classification).\n\n")
-    (run_dir / "results.md").write_text(header + table + "\n")
-    print("\n" + table + "\n")
+    text = render_run_results(cfg, result, with_before=before is not None)
+    (run_dir / "results.md").write_text(text)
+    print("\n" + text + "\n")
     print(f"run directory: {run_dir}")
     if cfg.export_hf:
         export_model(module.model, cfg.export_hf)  # rebuilt on the CPU-safe backend

@@ -129,6 +129,7 @@ TYPOS = [
                                      "'data.sequence_length': inputs, targets."),
     ("optim.name=adam", "optim.name='adam' is not valid (did you mean 'adamw'?); choose one of: adamw,"),
     ("model.fused=apx", "model.fused='apx' is not valid (did you mean 'apex'?)"),
+    ("experiment_options.seed=[1]", "Did you mean 'experiment_options.seeds'? Valid keys under 'experiment_options':"),
 ]
 
 
@@ -141,7 +142,7 @@ def test_misspelt_key_or_choice_at_any_depth_suggests_and_lists(override: str, e
     assert expected in str(err.value)
 
 
-@pytest.mark.parametrize("override", ["model=small", "objective.anything=1", "experiment_options.x=1",
+@pytest.mark.parametrize("override", ["model=small", "objective.anything=1", "experiment_options.overrides.x=1",
                                       "mixing.weights.glue_rte=2", "hydra.job.chdir=false", "mixing.temperature=1,2"])
 def test_free_form_nodes_group_choices_and_sweeps_pass_the_key_check(override: str) -> None:
     from lightning_t5.schema import check_overrides
