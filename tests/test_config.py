@@ -142,7 +142,8 @@ def test_misspelt_key_or_choice_at_any_depth_suggests_and_lists(override: str, e
 
 
 @pytest.mark.parametrize("override", ["model=small", "objective.anything=1", "experiment_options.x=1",
-                                      "mixing.weights.glue_rte=2", "hydra.job.chdir=false", "mixing.temperature=1,2"])
+                                      "mixing.weights.glue_rte=2", "hydra.job.chdir=false", "mixing.temperature=1,2",
+                                      "hydra/launcher=basic", "experiment_options.rows=[equal],[proportional_k256]"])
 def test_free_form_nodes_group_choices_and_sweeps_pass_the_key_check(override: str) -> None:
     from lightning_t5.schema import check_overrides
 
