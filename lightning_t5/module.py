@@ -10,7 +10,7 @@ whole global batch. That is what makes the 2-process == 1-process test hold.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +22,7 @@ from lightning_t5.schedules import lr_lambda
 
 __all__ = ["T5LightningModule", "token_losses", "weighted_loss_sum", "lr_lambda", "build_optimizer",
            "NonFiniteLossError"]
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; the message names the step and the tasks in the offending batch."""
