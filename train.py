@@ -60,7 +60,12 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except RunInterrupted as stop:
-        print(stop, file=sys.stderr)
+        if experiment:  # the runner resumes interrupted stages and reuses finished ones
+            print(f"interrupted at step {stop.step} of stage {stop.run_dir}; resumable checkpoint saved to "
+                  f"{stop.checkpoint}.\nResume with the same command: python train.py {' '.join(sys.argv[1:])}",
+                  file=sys.stderr)
+        else:
+            print(stop, file=sys.stderr)
         sys.exit(130)
 
 

@@ -25,6 +25,7 @@ __all__ = ["T5LightningModule", "lr_lambda", "build_optimizer", "NonFiniteLossEr
 LOSS_INPUTS = (*SEQIO_INPUTS, "decoder_target_tokens", "decoder_loss_weights")
 
 
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; the message names the step and the tasks in the offending batch."""
 

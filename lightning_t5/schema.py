@@ -321,8 +321,8 @@ def check_overrides(overrides: Sequence[str], groups: Sequence[str] = ()) -> Non
             continue
         key, value = override.split("=", 1)
         key = key.lstrip("+~")
-        if not key or key.startswith("hydra.") or key.split(".")[0] == "hydra" or (key in groups):
-            continue
+        if not key or key.split(".")[0].split("/")[0] == "hydra" or "/" in key or key in groups:
+            continue  # Hydra's own settings, group paths (hydra/launcher=...) and group selections (model=small)
         message = unknown_key_message(key)
         if message is None and "," not in value and "$" not in value:
             message = choice_message(key, value)

@@ -2,9 +2,10 @@
 
 Order of work, chosen so every configuration mistake surfaces before anything slow happens: validate the config
 (schema + choices) -> import user modules -> resolve the mixture (suggestions on a typo) -> check the kernel backend
-(model.fused=apex without Apex) and the vocabulary size -> resolve resume/init checkpoints and check compatibility
--> only then build data, model and Trainer. The run directory receives the resolved `config.yaml`, checkpoints,
-TensorBoard/CSV logs, `train_log.jsonl`, `metrics.json` and `results.md`.
+(model.fused=apex without Apex), the vocabulary size, `mixing.*` and `eval.tasks` -> resolve resume/init checkpoints
+and check compatibility -> only then build data, model and Trainer and create the run directory. `fit` is that list
+of steps, one function each. The run directory receives the resolved `config.yaml`, checkpoints, TensorBoard/CSV
+logs, `train_log.jsonl`, `metrics.json` and `results.md`.
 """
 
 from __future__ import annotations
@@ -249,10 +250,10 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     created = _create_run_dir(trainer, cfg)
     try:
         before = _evaluate_before_training(trainer, module, datamodule, cfg, setup)
+        _train(trainer, module, datamodule, setup, interrupt)
     except BaseException:
         _remove_failed_run_dir(trainer, cfg, created)
         raise
-    _train(trainer, module, datamodule, setup, interrupt)
     after = _evaluate(trainer, module, datamodule)
     result = _result(cfg, trainer, train_log, before, after, start, truncation)
     if trainer.is_global_zero:
@@ -356,9 +357,10 @@ def _create_run_dir(trainer: Any, cfg: DictConfig) -> bool:
 
 
 def _remove_failed_run_dir(trainer: Any, cfg: DictConfig, created: bool) -> None:
-    """A launch that fails before its first training step leaves no `runs/<name>/` behind."""
+    """A launch that fails before its first training step (bad data, a crash in the first batch) leaves no
+    `runs/<name>/` behind; once a step has run, the directory stays for its logs and checkpoints."""
     run_dir = Path(cfg.run_dir)
-    if created and trainer.is_global_zero and not (run_dir / "checkpoints").exists():
+    if created and trainer.is_global_zero and int(trainer.global_step) == 0 and not (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

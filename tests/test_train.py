@@ -191,3 +191,19 @@ def test_console_is_quiet_and_names_the_run_directory_first(tmp_path: Path) -> N
     for noise in ("💡", "litlogger", "litmodels", "Map:", "Generating train split", "Total length of"):
         assert noise not in console, (noise, console[-3000:])
     assert proc.stdout.index(f"run directory: {tmp_path / 'quiet'}") < proc.stdout.index("training (Ctrl-C")
+
+
+def test_a_launch_that_fails_before_its_first_step_leaves_no_run_directory(tmp_path: Path) -> None:
+    """Bad data is only found when the data is read; the half-made `runs/<name>/` is removed again."""
+    from mixtures import Mixture, MixtureRegistry
+    from tasks import FileSource, Task, TaskRegistry
+
+    from lightning_t5.training import fit
+
+    TaskRegistry.add(Task("missing_file_task", FileSource({"train": str(tmp_path / "nope.jsonl"),
+                                                           "validation": str(tmp_path / "nope.jsonl")}),
+                          [lambda row: {"inputs": row["x"], "targets": row["y"]}]), replace=True)
+    MixtureRegistry.add(Mixture("missing_file_mix", ["missing_file_task"]), replace=True)
+    with pytest.raises(Exception):  # noqa: B017 - whichever error the data layer raises, the directory must go
+        fit(compose_config(tmp_path, "mixture=missing_file_mix", run_name="broken"))
+    assert not (tmp_path / "broken").exists()
