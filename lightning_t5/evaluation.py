@@ -342,8 +342,14 @@ def majority_prediction(task: Any, split: str = "train", limit: int = MAJORITY_T
     task's metrics gives the chance level that every trained score must beat."""
     if split not in getattr(task, "splits", []):
         return None
-    counts = collections.Counter(ex["targets"] for ex in itertools.islice(task.text_examples(split), limit))
-    return counts.most_common(1)[0][0] if counts else None
+    key = (task.name, id(task), split, limit)  # an experiment evaluates the same task in many stages of one process
+    if key not in _MAJORITY_CACHE:
+        counts = collections.Counter(ex["targets"] for ex in itertools.islice(task.text_examples(split), limit))
+        _MAJORITY_CACHE[key] = counts.most_common(1)[0][0] if counts else None
+    return _MAJORITY_CACHE[key]
+
+
+_MAJORITY_CACHE: dict[tuple[Any, ...], str | None] = {}
 
 
 def evaluate_predictions(evaluators: Sequence[TaskEvaluator], merged: Mapping[str, Mapping[int, tuple[Any, ...]]],

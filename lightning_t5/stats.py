@@ -265,7 +265,7 @@ def route_metrics(metric_fns: Sequence[MetricFn], targets: Sequence[Any], predic
         raise ValueError("every seed's predictions must cover the same examples as the targets")
     routes = []
     for fn in metric_fns:
-        with warnings.catch_warnings():  # e.g. scipy's ConstantInputWarning for a constant prediction: NaN is the answer
+        with warnings.catch_warnings():  # scipy's ConstantInputWarning on a constant prediction: NaN is the answer
             warnings.simplefilter("ignore")
             per_seed = [dict(fn(targets, row)) for row in predictions]
         for name in per_seed[0]:

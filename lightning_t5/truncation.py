@@ -76,14 +76,15 @@ def render_truncation(report: Mapping[str, list[Mapping[str, Any]]]) -> str:
     """Markdown table of the report (results.md)."""
     lines = ["Sequence lengths (tokens incl. EOS) against data.sequence_length: share of examples truncated, and "
              "the length that fits 95 % of them.", "",
-             "| task | split | examples | inputs truncated | inputs 95% / max | targets truncated | targets 95% / max |",
+             "| task | split | examples | inputs truncated | inputs 95% / max | targets truncated "
+             "| targets 95% / max |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for task, entries in sorted(report.items()):
         for e in entries:
             i, t = e["inputs"], e["targets"]
-            lines.append(f"| {task} | {e['split']} | {e['examples']} | {100 * i['truncated_share']:.1f}% (> {i['limit']})"
-                         f" | {i['p95']} / {i['max']} | {100 * t['truncated_share']:.1f}% (> {t['limit']}) | "
-                         f"{t['p95']} / {t['max']} |")
+            lines.append(f"| {task} | {e['split']} | {e['examples']} | "
+                         f"{100 * i['truncated_share']:.1f}% (> {i['limit']}) | {i['p95']} / {i['max']} | "
+                         f"{100 * t['truncated_share']:.1f}% (> {t['limit']}) | {t['p95']} / {t['max']} |")
     return "\n".join(lines)
 
 

@@ -241,11 +241,11 @@ def test_seeds_plan_every_stage_once_per_seed():
     plan = make_plan(strategies_cfg(strategies=["pretrain_finetune", "no_pretraining"], seeds=[3, 5]))
     single = make_plan(strategies_cfg(strategies=["pretrain_finetune", "no_pretraining"]))
     assert plan.seeds == (3, 5) and len(plan.stages) == 2 * len(single.stages)
-    for st in plan.stages:
-        base, _, seed = st.name.rpartition("__seed")
-        assert st.seed == int(seed) and st.run_dir == f"stages/{st.name}"
-        if st.init_stage:  # each seed's fine-tuning starts from the same seed's pre-training
-            assert st.init_stage.endswith(f"__seed{seed}")
+    for stage in plan.stages:
+        seed = stage.name.rpartition("__seed")[2]
+        assert stage.seed == int(seed) and stage.run_dir == f"stages/{stage.name}"
+        if stage.init_stage:  # each seed's fine-tuning starts from the same seed's pre-training
+            assert stage.init_stage.endswith(f"__seed{seed}")
     row = plan.rows[0]
     assert [s for s, _ in row.eval_stages()] == [3, 5]
     assert row.eval_stages()[1][1]["glue_rte"] == "pretrain__ft_glue_rte__seed5"

@@ -453,7 +453,8 @@ def _seeds(block: Mapping) -> tuple[int, ...]:
         return ()
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds or any(
             not isinstance(x, int) or isinstance(x, bool) for x in seeds):
-        raise ExperimentConfigError(f"experiment_options.seeds must be null or a non-empty list of integers, got {seeds!r}")
+        raise ExperimentConfigError(
+            f"experiment_options.seeds must be null or a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ExperimentConfigError(f"experiment_options.seeds lists a seed more than once: {list(seeds)}")
     return tuple(int(x) for x in seeds)
@@ -463,7 +464,8 @@ def seed_stage_name(name: str, seed: int) -> str:
     return f"{name}__seed{seed}"
 
 
-def _per_seed(stages: Sequence[Stage], rows: Sequence[Row], seeds: Sequence[int]) -> tuple[tuple[Stage, ...], list[Row]]:
+def _per_seed(stages: Sequence[Stage], rows: Sequence[Row], seeds: Sequence[int]
+              ) -> tuple[tuple[Stage, ...], list[Row]]:
     """Every stage once per seed (renamed, chained to the same seed's parents) and rows that know all seeds."""
     out: list[Stage] = []
     for seed in seeds:
