@@ -226,8 +226,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     on_gpu = tcfg.accelerator in ("gpu", "cuda") or (tcfg.accelerator == "auto" and torch.cuda.is_available())
     datamodule = MixtureDataModule(
         setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), eval=_plain(cfg.eval), seed=int(cfg.seed),
-        total_batches=int(tcfg.max_steps) * accumulate, pin_memory=on_gpu,
+        total_batches=int(tcfg.max_steps) * accumulate, pin_memory=on_gpu, imports=list(cfg.imports or []),
     )
+    datamodule.prepare_training_data()  # token caches (streaming: offline), repetition guard; before the Trainer
 
     train_log = TrainLog(run_dir / "train_log.jsonl")
     all_callbacks: list[Any] = [

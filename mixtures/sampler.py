@@ -309,7 +309,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             mixture.validate(split, self.mixing, self.sequence_length)
         self.task_names = mixture.task_names
         self._tasks = mixture.tasks
-        self._probs_at = mixture.rate_schedule(split, self.mixing)
+        self._probs_at = mixture.rate_schedule(split, self.mixing, self.sequence_length)
         start = self._probs_at(0)
         end = self._probs_at(1 << 62)
         self._active = (start > 0) | (end > 0)
@@ -386,7 +386,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         steps = 0
         for _ in itertools.islice(self._plans(cur), probe_batches):
             steps += 1
-        per_batch = cur.observed.sum() / max(steps, 1) * (self.world_size if self.pack else 1)
+        per_batch = cur.observed.sum() / max(steps, 1) * self.world_size  # this rank's rows -> all ranks
         shares = np.maximum(self._probs_at(0), self._probs_at(1 << 62))
         out = {}
         for i, name in enumerate(self.task_names):
