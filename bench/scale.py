@@ -4,7 +4,8 @@
 
 1. Synthetic span-corruption corpora of 10M, 100M, 1B tokens written directly in the cache format (tasks/cache.py);
    packed 512/114 batches of 128... (``--batch-size``) through the real MixtureDataset with 2 dataloader workers
-   (StatefulDataLoader): examples/s and RssAnon of the main process and of each worker (/proc/<pid>/status).
+   (the dataset plans once and its pool of 2 processes materializes, as under MixtureDataModule): examples/s and
+   RssAnon of the main process and of each worker (/proc/<pid>/status).
    The 1B corpus is skipped (with a message) when less than 10 GB of disk is free.
 2. Resume seek: load_state_dict of a cursor at step 10 and at step 10^6, time to the first batch.
 3. Real text: the shipped English corpus repeated to >= ``--build-tokens`` tokens, cached with ``python -m tasks
@@ -78,14 +79,22 @@ def write_synthetic(task, num_tokens: int) -> None:
     (root / tc.COMPLETE).write_text("ok\n")
 
 
+def child_pids() -> list[int]:
+    out = []
+    for task_dir in Path("/proc/self/task").iterdir():
+        out += [int(p) for p in (task_dir / "children").read_text().split()]
+    return sorted(set(out))
+
+
 def sample(task, batches: int, batch_size: int, workers: int) -> dict:
+    """As training reads it (MixtureDataModule): the dataset plans once, its pool of ``workers`` materializes."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     from mixtures import Mixture, MixtureDataset
 
     ds = MixtureDataset(Mixture(f"m_{task.name}", [task]), sequence_length=SEQ, batch_size=batch_size, pack=True,
-                        seed=0, num_batches=batches + 20)
-    loader = StatefulDataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=2)
+                        seed=0, num_batches=batches + 20, num_workers=workers)
+    loader = StatefulDataLoader(ds, batch_size=None, num_workers=0)
     it = iter(loader)
     for _ in range(20):  # warm-up (workers started, page cache)
         next(it)
@@ -94,7 +103,7 @@ def sample(task, batches: int, batch_size: int, workers: int) -> dict:
         b = next(it)
         examples += int((b["decoder_segment_ids"].max(dim=1).values).sum())
     took = time.perf_counter() - start
-    pids = [w.pid for w in getattr(it, "_workers", [])]
+    pids = child_pids()
     rss = {"main": rss_anon_mb(os.getpid()), **{f"worker{i}": rss_anon_mb(p) for i, p in enumerate(pids)}}
     del it, loader
     return {"examples_per_s": examples / took, "batches_per_s": batches / took, "rss_anon_mb": rss}

@@ -103,7 +103,7 @@ class MixtureDataModule(pl.LightningDataModule):
             return [TaskRegistry.get(n) for n in names]
         return [t for t in self.mixture.tasks if getattr(t, "supervised", True)]
 
-    def make_train_dataset(self, rank: int = 0, world_size: int = 1) -> Any:
+    def make_train_dataset(self, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> Any:
         from mixtures import MixingConfig, MixtureDataset
 
         mixing = {k: v for k, v in self.mixing_cfg.items() if v is not None or k in ("max_examples", "max_passes")}
@@ -111,7 +111,7 @@ class MixtureDataModule(pl.LightningDataModule):
             self.mixture, split="train", sequence_length=self.sequence_length,
             batch_size=int(self.data_cfg["batch_size"]), mixing=MixingConfig(**mixing),
             pack=bool(self.data_cfg.get("pack", True)), granularity=str(self.data_cfg.get("granularity", "example")),
-            seed=self.seed, rank=rank, world_size=world_size,
+            seed=self.seed, rank=rank, world_size=world_size, num_workers=num_workers,
         )
 
     def prepare_training_data(self) -> dict[str, dict[str, float]]:
@@ -161,7 +161,8 @@ class MixtureDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_world()
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = self.make_train_dataset(rank, world)
+            # data.num_workers processes materialize batches that this process plans (once per rank)
+            self.train_dataset = self.make_train_dataset(rank, world, int(self.data_cfg.get("num_workers", 0)))
         if not self._eval_built:
             max_in = self.sequence_length["inputs"]
             self.evaluators = [
@@ -176,11 +177,11 @@ class MixtureDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> Any:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
-        workers = int(self.data_cfg.get("num_workers", 0))
+        # no loader workers: the dataset's own pool (data.num_workers) materializes while this process plans, so the
+        # plan is computed once per rank and the state after each yielded batch is exact
         return StatefulDataLoader(
-            SizedStream(self.train_dataset, self.total_batches), batch_size=None, num_workers=workers,
-            pin_memory=self.pin_memory, persistent_workers=False,
-            **({"prefetch_factor": 2} if workers > 0 else {}),
+            SizedStream(self.train_dataset, self.total_batches), batch_size=None, num_workers=0,
+            pin_memory=self.pin_memory,
         )
 
     def val_dataloader(self) -> list[DataLoader]:

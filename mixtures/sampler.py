@@ -43,6 +43,7 @@ epoch start.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import hashlib
@@ -223,6 +224,23 @@ class TaskSource:
         return ([np.asarray(x) for x in out["inputs"]], [np.asarray(x) for x in out["targets"]])
 
 
+_POOLED: dict[int, Any] = {}  # datasets being iterated with a materialize pool (inherited by the forked workers)
+_POOL_DATASET: list[Any] = []
+
+
+def _pool_init(key: int) -> None:
+    torch.set_num_threads(1)
+    _POOL_DATASET[:] = [_POOLED[key]]
+
+
+def _pool_materialize(plan: Any, pass_: int) -> tuple[dict[str, torch.Tensor], int, int, int]:
+    """A pool worker: one planned batch's tokens, and the counters materializing it adds."""
+    ds = _POOL_DATASET[0]
+    scratch = _Cursor(pass_=pass_)
+    batch = ds._materialize(plan, scratch)
+    return batch, scratch.truncated, scratch.real_tokens, scratch.slot_tokens
+
+
 @dataclass
 class _Cursor:
     pass_: int = 0
@@ -274,13 +292,16 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         seed, rank, world_size: determinism and data-parallel sharding.
         num_batches: stop after this many batches per rank; makes ``__len__`` true (recommended under Lightning).
         log_every: log observed vs target shares every this many batches (0: never).
+        num_workers: processes of the dataset's own pool that materialize batches while this process plans them, so
+            the plan is computed once per rank (use with a loader of 0 workers; ``MixtureDataModule`` does). With
+            torch dataloader workers instead, every worker plans the whole stream and materializes its share.
     """
 
     def __init__(self, mixture: Mixture | str, split: str = "train", sequence_length: Mapping[str, int] | None = None,
                  batch_size: int = 8, mixing: MixingConfig | Mapping | None = None, pack: bool = True,
                  granularity: str = "example", seed: int = 0, rank: int = 0, world_size: int = 1,
                  epoch_mode: str = "continuous", num_batches: int | None = None, log_every: int = 0,
-                 validate: bool = True) -> None:
+                 validate: bool = True, num_workers: int = 0) -> None:
         super().__init__()
         if isinstance(mixture, str):
             from .mixture import MixtureRegistry
@@ -305,6 +326,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.pack, self.granularity, self.epoch_mode = pack, granularity, epoch_mode
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_batches, self.log_every = num_batches, log_every
+        self.num_workers = int(num_workers)  # materialize processes of this dataset's own pool (plans made once)
         if validate:
             mixture.validate(split, self.mixing, self.sequence_length)
         self.task_names = mixture.task_names
@@ -452,6 +474,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         if cursor.done:  # a finished pass was loaded: start the next one
             self._epoch = cursor.pass_ + 1
             cursor = self._fresh_cursor()
+        if self.num_workers > 0 and info is None:
+            yield from self._iter_pooled(cursor)
+            return
         for plan in self._plans(cursor):
             if plan.step % nw == wid:
                 batch = self._materialize(plan, cursor)
@@ -460,6 +485,44 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                     self._log_stats()
                 yield batch
         self._last = cursor  # for stats() after the stream ended
+        self._cursor = None
+        self._epoch = cursor.pass_ + 1 if self.epoch_mode == "all_seen" else self._epoch
+
+    def _iter_pooled(self, cursor: _Cursor) -> Iterator[dict[str, torch.Tensor]]:
+        """Plan once in this process; ``num_workers`` forked processes materialize the batches, in plan order.
+
+        The state after each yielded batch is known here (no worker round-robin), so resume stays exact.
+        """
+        ctx = torch.multiprocessing.get_context("fork")  # tensors come back through shared memory
+        _POOLED[id(self)] = self
+        pool = ctx.Pool(self.num_workers, initializer=_pool_init, initargs=(id(self),))
+        pending: collections.deque = collections.deque()
+        plans = self._plans(cursor)
+        try:
+            while True:
+                while len(pending) < 2 * self.num_workers:
+                    plan = next(plans, None)
+                    if plan is None:
+                        break
+                    pending.append((pool.apply_async(_pool_materialize, (plan, cursor.pass_)), copy.deepcopy(cursor),
+                                    plan.step))
+                if not pending:
+                    break
+                result, snapshot, step = pending.popleft()
+                batch, truncated, real, slot = result.get()
+                for c in (cursor, *(p[1] for p in pending), snapshot):  # materialize's counters, in stream order
+                    c.truncated += truncated
+                    c.real_tokens += real
+                    c.slot_tokens += slot
+                self._cursor = snapshot
+                if self.log_every and (step + 1) % self.log_every == 0:
+                    self._log_stats()
+                yield batch
+        finally:
+            pool.terminate()
+            pool.join()
+            _POOLED.pop(id(self), None)
+        self._last = cursor
         self._cursor = None
         self._epoch = cursor.pass_ + 1 if self.epoch_mode == "all_seen" else self._epoch
 

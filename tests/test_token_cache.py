@@ -313,3 +313,38 @@ def test_cache_command_cli_rebuilds_nothing_when_complete(fresh_cache, capsys):
     mtime = (cache.path / token_cache.COMPLETE).stat().st_mtime_ns
     assert main(["cache", "glue_rte"]) == 0
     assert (cache.path / token_cache.COMPLETE).stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_pooled_workers_plan_once_and_resume_exactly(pack, monkeypatch):
+    """num_workers processes of the dataset's pool materialize; plans are made once, in this process."""
+    import os
+
+    import torch
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    mix = Mixture("pool_mix", [SyntheticTask("p1", 30), SyntheticTask("p2", 70),
+                               SyntheticTask("pc", 40, supervised=False, targets_length=(4, 30))])
+    kw = dict(sequence_length={"inputs": 32, "targets": 12}, batch_size=3, pack=pack, seed=5, num_batches=10)
+    reference = list(MixtureDataset(mix, **kw))
+    planners: list[int] = []
+    real = MixtureDataset._plans
+
+    def spying(self, cur):
+        planners.append(os.getpid())
+        return real(self, cur)
+
+    monkeypatch.setattr(MixtureDataset, "_plans", spying)
+    loader = StatefulDataLoader(MixtureDataset(mix, num_workers=2, **kw), batch_size=None, num_workers=0)
+    it = iter(loader)
+    first = [next(it) for _ in range(4)]
+    state = loader.state_dict()
+    del it
+    resumed = StatefulDataLoader(MixtureDataset(mix, num_workers=2, **kw), batch_size=None, num_workers=0)
+    resumed.load_state_dict(state)
+    got = first + list(resumed)
+    assert len(got) == len(reference) == 10
+    for x, y in zip(got, reference):
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+    assert set(planners) == {os.getpid()} and len(planners) == 2  # one plan per iteration, in this process
