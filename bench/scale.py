@@ -197,7 +197,14 @@ def main() -> None:
                 continue
             task = corpus_task(f"scale_{size}")
             t0 = time.perf_counter()
-            write_synthetic(task, n)
+            # written by a child process, so the writer's buffers never count in this process's memory
+            import multiprocessing
+
+            writer = multiprocessing.get_context("fork").Process(target=write_synthetic, args=(task, n))
+            writer.start()
+            writer.join()
+            if writer.exitcode != 0:
+                raise RuntimeError(f"writing the {size} corpus failed (exit code {writer.exitcode})")
             write_s = time.perf_counter() - t0
             r = sample(task, args.batches, args.batch_size, args.workers)
             r["write_s"] = write_s

@@ -97,8 +97,9 @@ class TokenCache:
         if not (self.path / COMPLETE).is_file():
             raise TaskError(f"token cache {self.path} is not complete (no {COMPLETE} marker).")
         self.stats = json.loads((self.path / "stats.json").read_text())
-        self.fingerprint = str(self.stats["fingerprint"])
         self.rows = int(self.stats["rows"])
+        # the cache key plus its extent: a cache rebuilt with another --max-tokens has the same key, other rows
+        self.fingerprint = f"{self.stats['fingerprint']}:{self.rows}:{self.stats.get('total_tokens')}"
         self.dtype = np.dtype(self.stats["dtype"])
         self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 

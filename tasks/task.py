@@ -10,6 +10,10 @@ Data flow of one task (seqio-shaped)::
 ``tokenized`` is computed once per (task, split, source rows, vocabulary, preprocessor code and
 arguments, and ``sequence_length`` when a cacheable token preprocessor uses it) and then served from
 ``datasets``' Arrow cache file under ``$LIGHTNING_T5_CACHE/tokenized/<task>/``.
+
+Training reads the same rows from :meth:`Task.token_cache` instead: the memory-mapped layout of
+:mod:`tasks.cache` under the same key, built in shards by ``python -m tasks cache`` (required for streaming
+sources) or on first use for local ones.
 """
 
 from __future__ import annotations
