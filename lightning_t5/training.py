@@ -205,6 +205,11 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         cfg = load_resume_config(raw_resume, overrides)
     cfg = prepare_config(cfg)
     setup = RunSetup(cfg)
+    # token caches (streaming corpora: offline, else an error with the command) and the repetition guard, before the
+    # model is built or anything slow starts
+    MixtureDataModule(setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), imports=list(cfg.imports or []),
+                      total_batches=int(cfg.trainer.max_steps) * int(cfg.trainer.accumulate_grad_batches),
+                      ).prepare_training_data()
     run_dir = Path(cfg.run_dir)
     tcfg = cfg.trainer
 
@@ -228,7 +233,6 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), eval=_plain(cfg.eval), seed=int(cfg.seed),
         total_batches=int(tcfg.max_steps) * accumulate, pin_memory=on_gpu, imports=list(cfg.imports or []),
     )
-    datamodule.prepare_training_data()  # token caches (streaming: offline), repetition guard; before the Trainer
 
     train_log = TrainLog(run_dir / "train_log.jsonl")
     all_callbacks: list[Any] = [

@@ -428,11 +428,16 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         if over:
             lines = "; ".join(f"task {n!r} has {p['size']:,} examples and {num_batches:,} planned steps draw about "
                               f"{p['examples']:,.0f} from it = {p['passes']:,.1f} passes" for n, p in over.items())
-            streaming = [n for n in over if not getattr(self._sources[self.task_names.index(n)].task, "supervised",
-                                                        True)]
-            how = (" For a corpus task, cache a bigger corpus (C4: `LIGHTNING_T5_SOURCE=hub python -m tasks cache "
-                   f"{streaming[0]} --splits train --max-tokens 20000000000 --num-proc 8`, see README "
-                   "\"Pre-training on C4\")." if streaming else "")
+            corpus = [self._sources[self.task_names.index(n)].task for n in over]
+            corpus = [t for t in corpus if not getattr(t, "supervised", True) and hasattr(t, "token_cache")]
+            how = ""
+            if corpus:
+                from tasks.cache import cache_command
+
+                cmd = cache_command(corpus[0], self.split, self.sequence_length)
+                how = (f" For a corpus task, cache a bigger corpus, e.g. C4 from the hub: `LIGHTNING_T5_SOURCE=hub "
+                       f"{cmd}{'' if '--max-tokens' in cmd else ' --max-tokens 20000000000'} --num-proc 8` and train "
+                       "with LIGHTNING_T5_SOURCE=hub (README \"Pre-training on C4\").")
             raise MixtureError(f"the run would repeat data more than mixing.max_passes={max_passes} times: {lines}. "
                                "Fix: fewer steps (trainer.max_steps), more data, a lower rate for that task, or raise "
                                f"mixing.max_passes (null disables the check).{how}")
