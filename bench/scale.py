@@ -143,8 +143,7 @@ def real_text_build(target_tokens: int, workdir: Path) -> dict:
     repeats = -(-target_tokens // per_pass)
     path = workdir / "corpus.jsonl"
     with open(path, "w") as fh:
-        for _ in range(repeats):
-            fh.write("\n".join(lines) + "\n")
+        fh.writelines("\n".join(lines) + "\n" for _ in range(repeats))
     all_texts = texts * repeats
     t0 = time.perf_counter()
     n_tokens = 0

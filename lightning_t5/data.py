@@ -143,7 +143,7 @@ class MixtureDataModule(pl.LightningDataModule):
                     print(f"[local rank 0] built token cache {t.name}/{split}: {len(cache):,} rows in "
                           f"{time.time() - start:.1f} s ({cache.path})", file=sys.stderr, flush=True)
         else:
-            deadline = time.time() + float(os.environ.get("LIGHTNING_T5_CACHE_WAIT_S", 86400))
+            deadline = time.time() + float(os.environ.get("LIGHTNING_T5_CACHE_WAIT_S", "86400"))
             while any(open_cache(t, split, seq) is None for t in tasks):
                 if time.time() > deadline:
                     raise MixtureError(f"local rank {local_rank}: timed out waiting for local rank 0 to build the "

@@ -315,7 +315,8 @@ class Task:
         })
 
     def tokenize_rows(self, batch: dict[str, list], indices: list[int], split: str,
-                      sequence_length: SequenceLength | None = None, num_threads: int = -1) -> dict[str, list[np.ndarray]]:
+                      sequence_length: SequenceLength | None = None, num_threads: int = -1
+                      ) -> dict[str, list[np.ndarray]]:
         """Raw rows (a dict of lists; ``indices`` their row numbers, for error messages) -> the cached form:
         text preprocessors, vocabulary (+EOS for supervised tasks), then the cacheable token preprocessors.
         Used by the token cache builder (:mod:`tasks.cache`)."""

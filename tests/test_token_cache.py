@@ -78,9 +78,9 @@ def test_feistel_permutation_is_a_bijection_and_scalar_matches_vector():
 
 
 def test_streaming_corpus_cached_by_the_command_then_mixed_and_trained(stream_module, tmp_path, capsys):
-    from tasks.__main__ import main
-
     from test_train_helpers import compose_config
+
+    from tasks.__main__ import main
 
     # before the cache exists: training stops at once and gives the exact command
     __import__(stream_module)
@@ -325,7 +325,7 @@ def test_pooled_workers_plan_once_and_resume_exactly(pack, monkeypatch):
 
     mix = Mixture("pool_mix", [SyntheticTask("p1", 30), SyntheticTask("p2", 70),
                                SyntheticTask("pc", 40, supervised=False, targets_length=(4, 30))])
-    kw = dict(sequence_length={"inputs": 32, "targets": 12}, batch_size=3, pack=pack, seed=5, num_batches=10)
+    kw = {"sequence_length": {"inputs": 32, "targets": 12}, "batch_size": 3, "pack": pack, "seed": 5, "num_batches": 10}
     reference = list(MixtureDataset(mix, **kw))
     planners: list[int] = []
     real = MixtureDataset._plans
@@ -348,3 +348,22 @@ def test_pooled_workers_plan_once_and_resume_exactly(pack, monkeypatch):
         for k in x:
             assert torch.equal(x[k], y[k]), k
     assert set(planners) == {os.getpid()} and len(planners) == 2  # one plan per iteration, in this process
+
+
+def test_mixtures_show_reports_passes(capsys):
+    from mixtures import MixtureRegistry
+    from mixtures.__main__ import main
+
+    MixtureRegistry.add(Mixture("show_passes_mix", [SyntheticTask("s_small", 40), SyntheticTask("s_large", 4000)]),
+                        replace=True)
+    try:
+        assert main(["show", "show_passes_mix", "mixing.rate=equal", "-n", "0", "--steps", "1000", "--batch-size", "8",
+                     "--inputs-length", "32", "--targets-length", "12", "--json"]) == 0
+        table = json.loads(capsys.readouterr().out)
+        # equal rates: half of the packed examples (several per row of 8) come from each task
+        assert table["s_small"]["passes"] == pytest.approx(100 * table["s_large"]["passes"], rel=0.01)
+        assert 8 * 1000 / 2 / 40 <= table["s_small"]["passes"] < 1000
+        assert main(["show", "show_passes_mix", "-n", "0", "--steps", "1000", "--batch-size", "8"]) == 0
+        assert "passes" in capsys.readouterr().out
+    finally:
+        MixtureRegistry.remove("show_passes_mix")
