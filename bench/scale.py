@@ -204,6 +204,7 @@ def main() -> None:
             writer.join()
             if writer.exitcode != 0:
                 raise RuntimeError(f"writing the {size} corpus failed (exit code {writer.exitcode})")
+            os.sync()  # measure reading, not the write-back of the corpus just written
             write_s = time.perf_counter() - t0
             r = sample(task, args.batches, args.batch_size, args.workers)
             r["write_s"] = write_s
@@ -211,8 +212,8 @@ def main() -> None:
             result["sizes"][size] = r
             print(f"{size}: {r['examples_per_s']:.0f} examples/s, RssAnon MB {r['rss_anon_mb']}, resume seek "
                   f"{r['resume_seek_s']}", flush=True)
-        sizes = [s for s in args.sizes if "skipped" not in result["sizes"][s]]
-        if len(sizes) >= 2:
+        sizes = sorted({s for s in args.sizes if "skipped" not in result["sizes"][s]}, key=parse_size)
+        if len(sizes) >= 2:  # the largest corpus against the smallest
             a, b = result["sizes"][sizes[0]], result["sizes"][sizes[-1]]
             result["rss_growth_mb"] = {k: b["rss_anon_mb"][k] - a["rss_anon_mb"].get(k, 0) for k in b["rss_anon_mb"]}
             result["examples_per_s_ratio"] = b["examples_per_s"] / a["examples_per_s"]

@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -118,6 +119,10 @@ class TokenCache:
             tok_path = self.path / f"{col}.tokens"
             tokens = (np.memmap(tok_path, dtype=self.dtype, mode="r") if tok_path.stat().st_size
                       else np.zeros(0, self.dtype))
+            for arr in (offsets, tokens):  # rows are read in random order: no read-ahead of 128 KB per 1 KB row
+                mm = getattr(arr, "_mmap", None)
+                if mm is not None and hasattr(mmap, "MADV_RANDOM"):
+                    mm.madvise(mmap.MADV_RANDOM)
             maps = self._maps[col] = (offsets, tokens)
         return maps
 
