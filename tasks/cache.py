@@ -175,7 +175,7 @@ def _ragged_to_flat(seqs: list[np.ndarray], dtype: np.dtype) -> tuple[np.ndarray
 class _ShardJob:
     shard: int
     start_row: int
-    rows: dict[str, list]
+    rows: dict[str, list] | None  # None: a random-access source, sliced by the worker itself (no pickled text)
 
 
 # state inherited by forked pool workers (set before the pool starts): no pickling of the task
@@ -190,10 +190,11 @@ def _build_shard(job: _ShardJob) -> dict[str, Any]:
     """Tokenize one shard (text preprocessors, vocabulary, cacheable token preprocessors) and write it atomically."""
     task, split, seq = _WORKER["task"], _WORKER["split"], _WORKER["sequence_length"]
     root, dtype, threads = _WORKER["root"], _WORKER["dtype"], _WORKER["threads"]
-    n = len(next(iter(job.rows.values()))) if job.rows else 0
+    rows = job.rows if job.rows is not None else _WORKER["raw"][job.start_row:job.start_row + _WORKER["shard_rows"]]
+    n = len(next(iter(rows.values()))) if rows else 0
     out: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
     for a in range(0, n, _BATCH_ROWS):
-        batch = {k: v[a:a + _BATCH_ROWS] for k, v in job.rows.items()}
+        batch = {k: v[a:a + _BATCH_ROWS] for k, v in rows.items()}
         indices = list(range(job.start_row + a, job.start_row + a + len(next(iter(batch.values())))))
         tokens = task.tokenize_rows(batch, indices, split, sequence_length=seq, num_threads=threads)
         for c in COLUMNS:
@@ -215,13 +216,14 @@ def _build_shard(job: _ShardJob) -> dict[str, Any]:
     return meta
 
 
-def _read_shards(raw: Any, shard_rows: int) -> Iterator[tuple[int, int, dict[str, list]]]:
-    """(shard, first row, rows as a dict of lists) in order, for random-access and streaming sources alike."""
+def _read_shards(raw: Any, shard_rows: int) -> Iterator[tuple[int, int, dict[str, list] | None]]:
+    """(shard, first row, rows as a dict of lists) in order. A random-access source yields None for the rows: the
+    shard's worker slices them from the memory-mapped Arrow table itself. A stream is read here, in order."""
     import datasets
 
     if isinstance(raw, datasets.Dataset):
         for shard, start in enumerate(range(0, len(raw), shard_rows)):
-            yield shard, start, raw[start:start + shard_rows]
+            yield shard, start, None
         return
     it = iter(raw)
     shard = 0
@@ -296,7 +298,7 @@ def _run_shards(task: Any, split: str, seq: dict[str, int] | None, root: Path, n
     vocab = task.vocabulary
     cores = os.cpu_count() or 1
     _WORKER.update(task=task, split=split, sequence_length=seq, root=root, dtype=token_dtype(vocab.vocab_size),
-                   threads=-1 if num_proc == 1 else max(1, cores // num_proc))
+                   threads=-1 if num_proc == 1 else max(1, cores // num_proc), raw=raw, shard_rows=shard_rows)
     metas: dict[int, dict[str, Any]] = {}
     total, resumed, start = 0, 0, time.time()
     next_shard = 0  # shards are accounted for in order (the budget is a prefix of the stream)
