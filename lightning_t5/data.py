@@ -13,6 +13,9 @@ Resume pitfalls this module is shaped around (REFERENCE.md):
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from typing import Any, Iterator, Mapping
 
 import pytorch_lightning as pl
@@ -59,7 +62,7 @@ class MixtureDataModule(pl.LightningDataModule):
 
     def __init__(self, mixture: str | Any, data: Mapping[str, Any], mixing: Mapping[str, Any],
                  eval: Mapping[str, Any] | None = None, seed: int = 0, total_batches: int = 1,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, imports: Any = None) -> None:
         super().__init__()
         from mixtures import MixtureRegistry
 
@@ -70,6 +73,7 @@ class MixtureDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.total_batches = int(total_batches)
         self.pin_memory = bool(pin_memory)
+        self.imports = list(imports or [])
         self.train_dataset: Any = None
         self.evaluators: list[TaskEvaluator] = []
         self._eval_built = False
@@ -99,21 +103,66 @@ class MixtureDataModule(pl.LightningDataModule):
             return [TaskRegistry.get(n) for n in names]
         return [t for t in self.mixture.tasks if getattr(t, "supervised", True)]
 
-    def make_train_dataset(self, rank: int = 0, world_size: int = 1) -> Any:
+    def make_train_dataset(self, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> Any:
         from mixtures import MixingConfig, MixtureDataset
 
-        mixing = {k: v for k, v in self.mixing_cfg.items() if v is not None or k == "max_examples"}
+        mixing = {k: v for k, v in self.mixing_cfg.items() if v is not None or k in ("max_examples", "max_passes")}
         return MixtureDataset(
             self.mixture, split="train", sequence_length=self.sequence_length,
             batch_size=int(self.data_cfg["batch_size"]), mixing=MixingConfig(**mixing),
             pack=bool(self.data_cfg.get("pack", True)), granularity=str(self.data_cfg.get("granularity", "example")),
-            seed=self.seed, rank=rank, world_size=world_size,
+            seed=self.seed, rank=rank, world_size=world_size, num_workers=num_workers,
         )
+
+    def prepare_training_data(self) -> dict[str, dict[str, float]]:
+        """Before anything slow: every training task's token cache, then the repetition guard.
+
+        A streaming task (C4 from the hub, streamed files) must have been cached offline: without its cache this
+        raises with the exact ``python -m tasks cache ...`` command. Local random-access tasks are cached on first
+        use by local rank 0 only; the other ranks wait for the caches' COMPLETE markers (a file barrier: this runs
+        before the process group exists). Then ``mixing.max_passes`` is checked and the planned passes over each
+        task's data are printed (rank 0). Returns the planned passes per task.
+        """
+        from mixtures import MixtureError
+        from tasks.cache import cache_command, open_cache
+
+        seq, split = self.sequence_length, "train"
+        tasks = [t for t in self.mixture.tasks if hasattr(t, "token_cache")]
+        missing = [t for t in tasks if t.source.streaming and open_cache(t, split, seq) is None]
+        if missing:
+            imports = [str(m) for m in (self.imports or [])]
+            cmds = "\n".join(f"    {cache_command(t, split, seq, imports)}" for t in missing)
+            raise MixtureError(f"mixture {self.mixture.name!r}: task(s) {[t.name for t in missing]} stream their data "
+                               f"and have no token cache yet; build it first (then rerun):\n{cmds}")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank == 0:
+            for t in tasks:
+                if open_cache(t, split, seq) is None:
+                    start = time.time()
+                    cache = t.token_cache(split, seq)
+                    print(f"[local rank 0] built token cache {t.name}/{split}: {len(cache):,} rows in "
+                          f"{time.time() - start:.1f} s ({cache.path})", file=sys.stderr, flush=True)
+        else:
+            deadline = time.time() + float(os.environ.get("LIGHTNING_T5_CACHE_WAIT_S", "86400"))
+            while any(open_cache(t, split, seq) is None for t in tasks):
+                if time.time() > deadline:
+                    raise MixtureError(f"local rank {local_rank}: timed out waiting for local rank 0 to build the "
+                                       "token caches (LIGHTNING_T5_CACHE_WAIT_S).")
+                time.sleep(0.5)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        probe = self.make_train_dataset(0, world)
+        max_passes = self.mixing_cfg.get("max_passes", 100.0)
+        passes = probe.check_passes(self.total_batches, None if max_passes is None else float(max_passes))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("planned passes over each task's data: " + ", ".join(
+                f"{n} {p['passes']:.3g} ({p['size']:,} examples)" for n, p in passes.items()), flush=True)
+        return passes
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_world()
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = self.make_train_dataset(rank, world)
+            # data.num_workers processes materialize batches that this process plans (once per rank)
+            self.train_dataset = self.make_train_dataset(rank, world, int(self.data_cfg.get("num_workers", 0)))
         if not self._eval_built:
             max_in = self.sequence_length["inputs"]
             self.evaluators = [
@@ -128,11 +177,11 @@ class MixtureDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> Any:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
-        workers = int(self.data_cfg.get("num_workers", 0))
+        # no loader workers: the dataset's own pool (data.num_workers) materializes while this process plans, so the
+        # plan is computed once per rank and the state after each yielded batch is exact
         return StatefulDataLoader(
-            SizedStream(self.train_dataset, self.total_batches), batch_size=None, num_workers=workers,
-            pin_memory=self.pin_memory, persistent_workers=False,
-            **({"prefetch_factor": 2} if workers > 0 else {}),
+            SizedStream(self.train_dataset, self.total_batches), batch_size=None, num_workers=0,
+            pin_memory=self.pin_memory,
         )
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -240,8 +240,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     setup = RunSetup(cfg)  # every data-free check: a mistake stops here, before any directory or data work
     from lightning_t5.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
 
-    _seed_and_precision(cfg)
+    _prepare_training_data(cfg, setup)
     truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
+    _seed_and_precision(cfg)
     module = _build_module(cfg, setup)
     datamodule = _build_datamodule(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
@@ -267,6 +268,16 @@ def resolve_run_config(cfg: Any, overrides: Sequence[str] | None = None) -> Dict
     if raw_resume not in (None, "auto") and overrides is not None and not str(raw_resume).endswith(".ckpt"):
         cfg = load_resume_config(raw_resume, overrides)
     return prepare_config(cfg)
+
+
+def _prepare_training_data(cfg: DictConfig, setup: RunSetup) -> None:
+    """Token caches (streaming corpora must be cached offline, else an error gives the command) and the repetition
+    guard, before the model is built or anything slow starts."""
+    from lightning_t5.data import MixtureDataModule
+
+    MixtureDataModule(setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), imports=list(cfg.imports or []),
+                      total_batches=int(cfg.trainer.max_steps) * int(cfg.trainer.accumulate_grad_batches),
+                      ).prepare_training_data()
 
 
 def _seed_and_precision(cfg: DictConfig) -> None:
@@ -309,6 +320,7 @@ def _build_datamodule(cfg: DictConfig, setup: RunSetup) -> Any:
     return MixtureDataModule(
         setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), eval=_plain(cfg.eval), seed=int(cfg.seed),
         total_batches=int(tcfg.max_steps) * int(tcfg.accumulate_grad_batches), pin_memory=_on_gpu(cfg),
+        imports=list(cfg.imports or []),
     )
 
 

@@ -76,7 +76,17 @@ def _list() -> int:
     return 0
 
 
-def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, seed: int) -> int:
+def _passes(mix: Any, split: str, mixing: MixingConfig, steps: int, batch_size: int,
+            sequence_length: dict[str, int]) -> dict[str, float]:
+    """Passes over each task's data that ``steps`` packed batches make (see MixtureDataset.planned_passes)."""
+    from .sampler import MixtureDataset
+
+    ds = MixtureDataset(mix, split, sequence_length, batch_size=batch_size, mixing=mixing, pack=True)
+    return {k: v["passes"] for k, v in ds.planned_passes(steps).items()}
+
+
+def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, seed: int,
+          steps: int = 0, batch_size: int = 128, sequence_length: dict[str, int] | None = None) -> int:
     from . import catalog
     from .sampler import MixtureDataset
 
@@ -86,6 +96,8 @@ def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, se
     raw = mix.raw_rates(split, mixing)
     rated = mix.sizes_for_rating(split, mixing)
     sizes = {t.name: t.num_examples(split) for t in mix.tasks}
+    passes = _passes(mix, split, mixing, steps, batch_size, sequence_length or {"inputs": 512, "targets": 114}) \
+        if steps > 0 else {}
     drawn: dict[str, float] = {}
     if n > 0:
         ds = MixtureDataset(mix, split, {"inputs": 512, "targets": 128}, batch_size=min(n, 4096), mixing=mixing,
@@ -95,15 +107,19 @@ def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, se
         drawn = {k: v / total for k, v in counts.items()}
     if as_json:
         print(json.dumps({t: {"size": sizes[t], "rate": raw[t], "share": shares[t],
-                              **({"drawn": drawn[t]} if drawn else {})} for t in shares}, indent=2))
+                              **({"drawn": drawn[t]} if drawn else {}),
+                              **({"passes": passes[t]} if passes else {})} for t in shares}, indent=2))
         return 0
     print(f"mixture {name}: {mix.description}")
     print(f"mixing: {describe_mixing(mixing.merged_over(mix.defaults))}")
     head = f"{'task':30s} {'size':>9s} {'rated by':>10s} {'rate':>12s} {'share':>8s}"
-    print(head + (f" {'drawn':>8s}" if drawn else ""))
+    print(head + (f" {'drawn':>8s}" if drawn else "") + (f" {'passes':>9s}" if passes else ""))
     for t in shares:
         line = f"{t:30s} {sizes[t]:9d} {rated[t]:10.0f} {raw[t]:12.4g} {shares[t]:8.4f}"
-        print(line + (f" {drawn[t]:8.4f}" if drawn else ""))
+        print(line + (f" {drawn[t]:8.4f}" if drawn else "") + (f" {passes[t]:9.3g}" if passes else ""))
+    if passes:
+        print(f"(passes: over each task's data in {steps} steps of {batch_size} packed sequences; "
+              "mixing.max_passes stops a run above it)")
     if drawn:
         print(f"(drawn: the sampler's task shares over the first {n} examples, seed {seed})")
     for task, why in catalog.skipped(name).items():
@@ -131,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("-n", type=int, default=100_000, help="examples to draw with the sampler (0: skip)")
     show.add_argument("--split", default="train")
     show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--steps", type=int, default=2**18, help="planned steps for the passes column (0: skip)")
+    show.add_argument("--batch-size", type=int, default=128, help="sequences per step for the passes column")
+    show.add_argument("--inputs-length", type=int, default=512)
+    show.add_argument("--targets-length", type=int, default=114)
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if "=" not in a or a.startswith("-")]
     if bad or (extra and args.cmd != "show"):
@@ -146,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "list":
             return _list()
-        return _show(args.name, args.overrides, args.json, args.n, args.split, args.seed)
+        return _show(args.name, args.overrides, args.json, args.n, args.split, args.seed, args.steps, args.batch_size,
+                     {"inputs": args.inputs_length, "targets": args.targets_length})
     except MixtureError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -149,8 +149,10 @@ class Mixture:
         return out
 
     # ------------------------------------------------------------------------------------------- rates
-    def sizes_for_rating(self, split: str = "train", mixing: MixingConfig | Mapping | None = None) -> dict[str, float]:
-        """The size each task is rated by: the official size (``size_source`` auto/official) or the actual count."""
+    def sizes_for_rating(self, split: str = "train", mixing: MixingConfig | Mapping | None = None,
+                         sequence_length: Mapping[str, int] | None = None) -> dict[str, float]:
+        """The size each task is rated by: the official size (``size_source`` auto/official) or the actual count
+        (a corpus task's windows at ``sequence_length``, the length training uses, when given)."""
         cfg = MixingConfig.from_dict(mixing).merged_over(self.defaults)
         official = self._all_sizes()
         source = cfg.size_source or "auto"
@@ -159,7 +161,7 @@ class Mixture:
             if source != "actual" and t.name in official:
                 out[t.name] = float(official[t.name])
             else:
-                out[t.name] = float(t.num_examples(split))
+                out[t.name] = float(_num_examples(t, split, sequence_length))
         return out
 
     def _raw(self, split: str, cfg: MixingConfig, sizes: Mapping[str, float]) -> dict[str, float]:
@@ -182,7 +184,8 @@ class Mixture:
         cfg = MixingConfig.from_dict(mixing).merged_over(self.defaults)
         return self._raw(split, cfg, self.sizes_for_rating(split, cfg))
 
-    def _shares(self, split: str, cfg: MixingConfig) -> dict[str, float]:
+    def _shares(self, split: str, cfg: MixingConfig, sequence_length: Mapping[str, int] | None = None
+                ) -> dict[str, float]:
         if cfg.weights:
             names = self.task_names
             unknown = [k for k in cfg.weights if k not in names]
@@ -190,7 +193,7 @@ class Mixture:
                 hints = "".join(suggest(k, names) for k in unknown)
                 raise MixtureError(f"mixing.weights names task(s) {unknown} that are not in mixture {self.name!r} "
                                    f"(its tasks: {', '.join(names)}).{hints}")
-        sizes = self.sizes_for_rating(split, cfg)
+        sizes = self.sizes_for_rating(split, cfg, sequence_length)
         raw = self._raw(split, cfg, sizes)
         bad = {n: r for n, r in raw.items() if not (r >= 0 and math.isfinite(r))}
         if bad:
@@ -201,29 +204,30 @@ class Mixture:
                                f"{cfg.to_dict()}; at least one task needs a positive rate.")
         return {n: r / total for n, r in raw.items()}
 
-    def rates(self, split: str = "train", mixing: MixingConfig | Mapping | None = None, step: int = 0) -> dict[str, float]:
+    def rates(self, split: str = "train", mixing: MixingConfig | Mapping | None = None, step: int = 0,
+              sequence_length: Mapping[str, int] | None = None) -> dict[str, float]:
         """Normalized sampling shares ``{task_name: share}`` (sum 1) at training ``step``.
 
         With ``mixing.schedule``, shares are interpolated linearly between this config's and ``schedule.to``'s.
         """
         cfg = MixingConfig.from_dict(mixing).merged_over(self.defaults)
-        start = self._shares(split, cfg)
+        start = self._shares(split, cfg, sequence_length)
         if cfg.schedule is None:
             return start
-        end = self._shares(split, cfg.schedule.to.merged_over(cfg))
+        end = self._shares(split, cfg.schedule.to.merged_over(cfg), sequence_length)
         a = cfg.schedule.fraction(step)
         return {n: (1 - a) * start[n] + a * end[n] for n in start}
 
-    def rate_schedule(self, split: str = "train", mixing: MixingConfig | Mapping | None = None
-                      ) -> Callable[[int], np.ndarray]:
+    def rate_schedule(self, split: str = "train", mixing: MixingConfig | Mapping | None = None,
+                      sequence_length: Mapping[str, int] | None = None) -> Callable[[int], np.ndarray]:
         """A fast ``step -> probability vector`` (in ``task_names`` order) for the sampler's hot path."""
         cfg = MixingConfig.from_dict(mixing).merged_over(self.defaults)
         names = self.task_names
-        start_sh = self._shares(split, cfg)
+        start_sh = self._shares(split, cfg, sequence_length)
         start = np.array([start_sh[n] for n in names])
         if cfg.schedule is None:
             return _Shares(start)
-        end_sh = self._shares(split, cfg.schedule.to.merged_over(cfg))
+        end_sh = self._shares(split, cfg.schedule.to.merged_over(cfg), sequence_length)
         return _Shares(start, np.array([end_sh[n] for n in names]), cfg.schedule)
 
     # --------------------------------------------------------------------------------------- validation
@@ -245,7 +249,7 @@ class Mixture:
             groups = "; ".join(f"{fp[:12]}: {', '.join(n)}" for fp, n in fps.items())
             raise MixtureError(f"mixture {self.name!r} mixes tasks with different vocabularies ({groups}); all tasks "
                                "of a mixture must share one vocabulary (compare vocabulary.fingerprint).")
-        shares = self.rates(split, mixing)
+        shares = self.rates(split, mixing, sequence_length=sequence_length)
         for t in tasks:
             n = _num_examples(t, split, sequence_length)
             if n <= 0 and shares[t.name] > 0:

@@ -97,6 +97,9 @@ class MixingConfig:
         official sizes even though our shipped data is smaller; tasks without a declared size use their actual
         count), ``actual`` uses ``task.num_examples(split)``, ``auto`` (default) behaves like ``official``.
     schedule: optional :class:`RateSchedule` to another config.
+    max_passes: the most passes over any task's data a run may plan (default 100; ``None`` disables the check):
+        training stops before it starts when its steps would repeat a task more often (silent repetition of a small
+        corpus). A run guard, not a rate property: never taken from a mixture's defaults.
     """
 
     rate: str | None = None
@@ -106,6 +109,7 @@ class MixingConfig:
     unsupervised_rate: float | None = None
     size_source: str | None = None
     schedule: RateSchedule | None = None
+    max_passes: float | None = 100.0
 
     def __post_init__(self) -> None:
         if self.rate is not None and self.rate not in RATE_NAMES:
@@ -129,6 +133,8 @@ class MixingConfig:
             if self.weights and not any(float(v) > 0 for v in self.weights.values()):
                 raise MixtureError("mixing.weights are all zero: at least one task needs a positive weight.")
             object.__setattr__(self, "weights", dict(self.weights))
+        if self.max_passes is not None and not _positive(self.max_passes):
+            raise MixtureError(f"mixing.max_passes must be a positive number or null (no check), got {self.max_passes!r}.")
         if self.rate == "explicit" and self.weights is None:
             pass  # the mixture's own member rates may supply them; checked at rates() time
 
@@ -166,8 +172,8 @@ class MixingConfig:
         """Fields set here win; ``None`` fields come from ``defaults`` (the mixture's defaults)."""
         if defaults is None:
             return self
-        kw = {f.name: getattr(self, f.name) if getattr(self, f.name) is not None else getattr(defaults, f.name)
-              for f in dataclasses.fields(self)}
+        kw = {f.name: getattr(self, f.name) if getattr(self, f.name) is not None or f.name == "max_passes"
+              else getattr(defaults, f.name) for f in dataclasses.fields(self)}
         return MixingConfig(**kw)
 
     def to_dict(self) -> dict[str, Any]:

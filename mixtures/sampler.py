@@ -8,8 +8,11 @@ Design (why it is built this way)
   ``b ≡ worker_id (mod num_workers)``. The batch sequence is therefore a function of
   ``(seed, rank, world_size, config)`` only, never of ``num_workers``, and torch/torchdata's round-robin over
   workers returns the batches in plan order.
-* **Each task's stream** is a permutation of ``task.tokenized(split)`` per task-epoch, drawn from
-  ``(seed, task name, pass, task epoch)``, repeated (T5 re-reads small tasks). Random objectives get the seeds
+* **Each task's stream** is a permutation of the task's token cache per task-epoch, a keyed bijection
+  (:mod:`mixtures.permutation`) of ``(seed, task name, pass, task epoch)`` computed on demand, repeated (T5 re-reads
+  small tasks). Tokens and offsets are read through ``np.memmap`` (``tasks.Task.token_cache``): a process's memory
+  does not grow with corpus size, and planning an example costs O(1) (its lengths come from the cached offsets and
+  the objective's length arithmetic, never from running the objective). Random objectives get the seeds
   ``tasks.example_seed(seed, task.name, epoch_key, row)`` so an example's noise does not depend on batching.
 * **Draws.** ``granularity="example"`` (T5): every example's task is drawn from the mixture's shares.
   ``granularity="batch"`` (MT-DNN/jiant): one task per step (the same on every rank), all rows from it.
@@ -40,6 +43,7 @@ epoch start.
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import itertools
@@ -54,8 +58,9 @@ import torch
 from tasks.utils import example_seed
 
 from .errors import MixtureError
-from .mixture import Mixture, _num_examples
-from .packing import FirstFitPacker, assemble, to_torch
+from .mixture import Mixture
+from .packing import FirstFitPacker, assemble, compact_offsets, to_torch
+from .permutation import FeistelPermutation
 from .rates import MixingConfig
 
 log = logging.getLogger(__name__)
@@ -75,28 +80,81 @@ def _example_seeds(seed: int, name: str, epoch: int, rows: np.ndarray) -> np.nda
     return np.asarray(example_seed(seed, name, epoch, np.asarray(rows, np.int64)), dtype=np.uint64)
 
 
+class _ArrowStore:
+    """Duck-typed tasks without a token cache (e.g. :class:`mixtures.testing.SyntheticTask`): the Arrow columns of
+    ``task.tokenized(split)`` as flat numpy arrays (in memory; real ``tasks.Task`` objects are memory-mapped)."""
+
+    def __init__(self, task: Any, split: str, sequence_length: Mapping[str, int]) -> None:
+        ds = task.tokenized(split, sequence_length)
+        if getattr(ds, "_indices", None) is not None:
+            ds = ds.flatten_indices()
+        self.rows = len(ds)
+        self.fingerprint = str(getattr(ds, "_fingerprint", f"rows:{self.rows}"))
+        self._cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for col in ("inputs", "targets"):
+            if col not in ds.column_names:
+                raise MixtureError(f"task {task.name!r}: tokenized({split!r}) has no {col!r} column "
+                                   f"(columns: {ds.column_names}).")
+            arr = ds.data.column(col).combine_chunks()
+            self._cols[col] = (arr.offsets.to_numpy().astype(np.int64), arr.values.to_numpy(zero_copy_only=False))
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def column(self, col: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._cols[col]
+
+
+def _open_store(task: Any, split: str, sequence_length: Mapping[str, int]) -> Any:
+    """The task's memory-mapped token cache (``tasks.Task.token_cache``), else its Arrow columns."""
+    if hasattr(task, "token_cache"):
+        try:
+            return task.token_cache(split, sequence_length)
+        except MixtureError:
+            raise
+        except ValueError as e:  # TaskError: missing offline cache of a streaming task, bad data, ...
+            raise MixtureError(str(e)) from e
+    return _ArrowStore(task, split, sequence_length)
+
+
 class TaskSource:
-    """Random access to one task's tokenized split as flat numpy arrays (zero-copy from the Arrow cache)."""
+    """Random access to one task's tokenized split, read through memory maps (no copy, O(1) memory per example).
+
+    Row order per task-epoch is a keyed bijection (:class:`FeistelPermutation`) computed on demand; example
+    lengths for planning come from the cached offsets and, for random objectives, from the task's length
+    arithmetic (``task.example_lengths``), never from running the objective.
+    """
 
     def __init__(self, task: Any, split: str, sequence_length: Mapping[str, int]) -> None:
         self.task = task
         self.name = task.name
-        ds = task.tokenized(split, sequence_length)
-        if getattr(ds, "_indices", None) is not None:
-            ds = ds.flatten_indices()
-        self.n = len(ds)
+        self.store = _open_store(task, split, sequence_length)
+        self.n = len(self.store)
         if self.n == 0:
             raise MixtureError(f"task {self.name!r} has no examples in split {split!r}; it cannot be sampled.")
-        self._cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for col in ("inputs", "targets"):
-            if col not in ds.column_names:
-                raise MixtureError(f"task {self.name!r}: tokenized({split!r}) has no {col!r} column "
-                                   f"(columns: {ds.column_names}).")
-            arr = ds.data.column(col).combine_chunks()
-            self._cols[col] = (arr.offsets.to_numpy().astype(np.int64), arr.values.to_numpy(zero_copy_only=False))
-        self.lengths = {c: np.diff(o) for c, (o, _) in self._cols.items()}
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self.fingerprint = str(self.store.fingerprint)
+        self.sequence_length = dict(sequence_length)
         self.supervised = bool(getattr(task, "supervised", True))
+        self._perms: dict[tuple[int, int, int], FeistelPermutation] = {}
+        self._bounds: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_perms": {}}
+
+    def _col(self, col: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.store.column(col)
+
+    def permutation(self, seed: int, pass_: int, epoch: int) -> FeistelPermutation:
+        """The row order of one task-epoch (a bijection of [0, n), O(1) memory)."""
+        key = (seed, pass_, epoch)
+        perm = self._perms.get(key)
+        if perm is None:
+            ss = np.random.SeedSequence([seed, _TAG_PERM, _name_key(self.name), pass_, epoch])
+            perm = FeistelPermutation(self.n, int(ss.generate_state(1, np.uint64)[0]))
+            if len(self._perms) >= 4:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[key] = perm
+        return perm
 
     def rows(self, seed: int, pass_: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Task-stream positions -> (dataset rows, epoch keys)."""
@@ -104,41 +162,69 @@ class TaskSource:
         rows = np.empty_like(idx)
         for e in np.unique(epochs):
             sel = epochs == e
-            rows[sel] = self.permutation(seed, pass_, int(e))[idx[sel]]
+            rows[sel] = self.permutation(seed, pass_, int(e))(idx[sel])
         return rows, pass_ * _PASS_STRIDE + epochs
-
-    def permutation(self, seed: int, pass_: int, epoch: int) -> np.ndarray:
-        """The row order of one task-epoch; the two most recent are kept (a batch may straddle an epoch end)."""
-        key = (pass_, epoch)
-        perm = self._perms.get(key)
-        if perm is None:
-            ss = np.random.SeedSequence([seed, _TAG_PERM, _name_key(self.name), pass_, epoch])
-            perm = np.random.Generator(np.random.PCG64(ss)).permutation(self.n)
-            if len(self._perms) >= 2:
-                self._perms.pop(next(iter(self._perms)))
-            self._perms[key] = perm
-        return perm
 
     def row(self, seed: int, pass_: int, position: int) -> tuple[int, int]:
         """Scalar fast path of :meth:`rows`: (dataset row, epoch key) of one task-stream position."""
         epoch, i = divmod(position, self.n)
-        return int(self.permutation(seed, pass_, epoch)[i]), pass_ * _PASS_STRIDE + epoch
+        return self.permutation(seed, pass_, epoch).at(i), pass_ * _PASS_STRIDE + epoch
+
+    def raw_lengths(self, row: int) -> tuple[int, int]:
+        (io, _), (to, _) = self._col("inputs"), self._col("targets")
+        return int(io[row + 1] - io[row]), int(to[row + 1] - to[row])
+
+    def lengths(self, row: int) -> tuple[int, int]:
+        """Lengths of the final example of ``row`` (exact for supervised tasks and span corruption; an upper bound
+        for objectives whose output length is random), before truncation to the sequence length."""
+        li, lt = self.raw_lengths(row)
+        if self.supervised:
+            return li, lt
+        got = self._bounds.get((li, lt))
+        if got is None:
+            fn = getattr(self.task, "example_lengths", None)
+            if fn is None:  # no length arithmetic: one full row each (always fits)
+                got = (self.sequence_length["inputs"], self.sequence_length["targets"])
+            else:
+                bi, bt = fn(np.array([li]), np.array([lt]), self.sequence_length)
+                got = (int(bi[0]), int(bt[0]))
+            if len(self._bounds) < 65536:
+                self._bounds[(li, lt)] = got
+        return got
 
     def get(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens of one cached row (views, no copy)."""
-        (io, iv), (to, tv) = self._cols["inputs"], self._cols["targets"]
-        return iv[io[row]:io[row + 1]], tv[to[row]:to[row + 1]]
+        """Tokens of one cached row (int32)."""
+        (io, iv), (to, tv) = self._col("inputs"), self._col("targets")
+        return (np.asarray(iv[io[row]:io[row + 1]], np.int32), np.asarray(tv[to[row]:to[row + 1]], np.int32))
 
     def fetch(self, rows: np.ndarray, epoch_keys: np.ndarray, seed: int,
               sequence_length: Mapping[str, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Final examples (``task.finalize`` applied) for ``rows``; untruncated."""
-        batch = {c: [vals[off[r]:off[r + 1]] for r in rows] for c, (off, vals) in self._cols.items()}
+        batch = {c: [np.asarray(vals[off[r]:off[r + 1]], np.int32) for r in rows]
+                 for c, (off, vals) in ((c, self._col(c)) for c in ("inputs", "targets"))}
         seeds = np.empty(len(rows), np.uint64)
         for e in np.unique(epoch_keys):
             sel = epoch_keys == e
             seeds[sel] = _example_seeds(seed, self.name, int(e), rows[sel])
         out = self.task.finalize(batch, seeds, dict(sequence_length))
         return ([np.asarray(x) for x in out["inputs"]], [np.asarray(x) for x in out["targets"]])
+
+
+_POOLED: dict[int, Any] = {}  # datasets being iterated with a materialize pool (inherited by the forked workers)
+_POOL_DATASET: list[Any] = []
+
+
+def _pool_init(key: int) -> None:
+    torch.set_num_threads(1)
+    _POOL_DATASET[:] = [_POOLED[key]]
+
+
+def _pool_materialize(plan: Any, pass_: int) -> tuple[dict[str, torch.Tensor], int, int, int]:
+    """A pool worker: one planned batch's tokens, and the counters materializing it adds."""
+    ds = _POOL_DATASET[0]
+    scratch = _Cursor(pass_=pass_)
+    batch = ds._materialize(plan, scratch)
+    return batch, scratch.truncated, scratch.real_tokens, scratch.slot_tokens
 
 
 @dataclass
@@ -192,13 +278,16 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         seed, rank, world_size: determinism and data-parallel sharding.
         num_batches: stop after this many batches per rank; makes ``__len__`` true (recommended under Lightning).
         log_every: log observed vs target shares every this many batches (0: never).
+        num_workers: processes of the dataset's own pool that materialize batches while this process plans them, so
+            the plan is computed once per rank (use with a loader of 0 workers; ``MixtureDataModule`` does). With
+            torch dataloader workers instead, every worker plans the whole stream and materializes its share.
     """
 
     def __init__(self, mixture: Mixture | str, split: str = "train", sequence_length: Mapping[str, int] | None = None,
                  batch_size: int = 8, mixing: MixingConfig | Mapping | None = None, pack: bool = True,
                  granularity: str = "example", seed: int = 0, rank: int = 0, world_size: int = 1,
                  epoch_mode: str = "continuous", num_batches: int | None = None, log_every: int = 0,
-                 validate: bool = True) -> None:
+                 validate: bool = True, num_workers: int = 0) -> None:
         super().__init__()
         if isinstance(mixture, str):
             from .mixture import MixtureRegistry
@@ -223,20 +312,23 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.pack, self.granularity, self.epoch_mode = pack, granularity, epoch_mode
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_batches, self.log_every = num_batches, log_every
+        self.num_workers = int(num_workers)  # materialize processes of this dataset's own pool (plans made once)
         if validate:
             mixture.validate(split, self.mixing, self.sequence_length)
         self.task_names = mixture.task_names
         self._tasks = mixture.tasks
-        self._probs_at = mixture.rate_schedule(split, self.mixing)
+        self._probs_at = mixture.rate_schedule(split, self.mixing, self.sequence_length)
         start = self._probs_at(0)
         end = self._probs_at(1 << 62)
         self._active = (start > 0) | (end > 0)
-        self._sizes = np.array([_num_examples(t, split, self.sequence_length) for t in self._tasks], np.int64)
-        self._sources: dict[int, TaskSource] = {}
+        # every task's token store, opened once per rank (memory maps: workers inherit only paths and small state)
+        self._sources: dict[int, TaskSource] = {
+            t: TaskSource(task, split, self.sequence_length) for t, task in enumerate(self._tasks)}
+        self._sizes = np.array([self._sources[t].n for t in range(len(self._tasks))], np.int64)
+        self.fingerprints = {self.task_names[t]: src.fingerprint for t, src in self._sources.items()}
         self._epoch = 0
         self._cursor: _Cursor | None = None
         self._last: _Cursor | None = None
-        self._lookahead: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
 
     # ------------------------------------------------------------------------------------------ public
     def __len__(self) -> int:
@@ -255,15 +347,87 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         """Cursor after the last batch this process/worker yielded (exact mid-epoch resume)."""
         cur = self._cursor or self._fresh_cursor()
-        return {**cur.to_state(), "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
+        return {**cur.to_state(), "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "fingerprints": dict(self.fingerprints), "rates": self._rates_signature()}
+
+    def _rates_signature(self) -> dict[str, list[float]]:
+        """Each task's share at the first step and at the end of the rate schedule (what decides the stream)."""
+        start, end = self._probs_at(0), self._probs_at(1 << 62)
+        return {n: [float(start[i]), float(end[i])] for i, n in enumerate(self.task_names)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key in ("seed", "rank", "world_size"):
             if key in state and state[key] != getattr(self, key):
                 raise MixtureError(f"sampler state was saved with {key}={state[key]} but this dataset has "
                                    f"{key}={getattr(self, key)}; resume with the same seed and data-parallel layout.")
+        self._check_same_data(state)
         self._cursor = _Cursor.from_state(state, len(self._tasks))
         self._epoch = self._cursor.pass_
+
+    def _check_same_data(self, state: Mapping[str, Any]) -> None:
+        """Resume safety: the saved stream was drawn from these exact caches at these exact rates."""
+        saved_fp = state.get("fingerprints")
+        if saved_fp is not None:
+            if list(saved_fp) != self.task_names:
+                raise MixtureError(f"sampler state was saved for tasks {list(saved_fp)} but this mixture has "
+                                   f"{self.task_names}; resume with the same mixture.")
+            changed = [n for n in self.task_names if saved_fp[n] != self.fingerprints[n]]
+            if changed:
+                details = "; ".join(f"{n}: saved {saved_fp[n]}, now {self.fingerprints[n]}" for n in changed)
+                raise MixtureError(f"cannot resume: the data of task(s) {changed} changed since the checkpoint (cache "
+                                   f"fingerprints {details}). The resumed stream would differ silently; resume "
+                                   "with the original data/vocabulary/preprocessors, or start a new run.")
+        saved_rates = state.get("rates")
+        if saved_rates is not None:
+            now = self._rates_signature()
+            diff = {n: (saved_rates.get(n), now[n]) for n in now
+                    if saved_rates.get(n) is None or not np.allclose(saved_rates[n], now[n], rtol=1e-9, atol=1e-12)}
+            if diff:
+                details = "; ".join(f"{n}: saved {a}, now {b}" for n, (a, b) in diff.items())
+                raise MixtureError(f"cannot resume: the mixing rates changed since the checkpoint ({details}); "
+                                   "resume with the original mixing.* settings (and data sizes), or start a new run.")
+
+    def planned_passes(self, num_batches: int, probe_batches: int = 16) -> dict[str, dict[str, float]]:
+        """Per task: its size, the examples ``num_batches`` planned batches (all ranks) draw from it, and how many
+        passes over its data that makes. Packing's examples per batch are measured on the first batches' plan."""
+        cur = self._fresh_cursor()
+        steps = 0
+        for _ in itertools.islice(self._plans(cur), probe_batches):
+            steps += 1
+        per_batch = cur.observed.sum() / max(steps, 1) * self.world_size  # this rank's rows -> all ranks
+        shares = np.maximum(self._probs_at(0), self._probs_at(1 << 62))
+        out = {}
+        for i, name in enumerate(self.task_names):
+            examples = float(num_batches * per_batch * shares[i])
+            out[name] = {"size": int(self._sizes[i]), "examples": examples,
+                         "passes": examples / max(int(self._sizes[i]), 1)}
+        return out
+
+    def check_passes(self, num_batches: int, max_passes: float | None) -> dict[str, dict[str, float]]:
+        """Log each task's planned passes; raise if one exceeds ``max_passes`` (silent repetition)."""
+        passes = self.planned_passes(num_batches)
+        log.info("planned passes over each task's data in %d batches: %s", num_batches,
+                 ", ".join(f"{n} {p['passes']:.3g}" for n, p in passes.items()))
+        if max_passes is None:
+            return passes
+        over = {n: p for n, p in passes.items() if p["passes"] > max_passes}
+        if over:
+            lines = "; ".join(f"task {n!r} has {p['size']:,} examples and {num_batches:,} planned steps draw about "
+                              f"{p['examples']:,.0f} from it = {p['passes']:,.1f} passes" for n, p in over.items())
+            corpus = [self._sources[self.task_names.index(n)].task for n in over]
+            corpus = [t for t in corpus if not getattr(t, "supervised", True) and hasattr(t, "token_cache")]
+            how = ""
+            if corpus:
+                from tasks.cache import cache_command
+
+                cmd = cache_command(corpus[0], self.split, self.sequence_length)
+                how = (f" For a corpus task, cache a bigger corpus, e.g. C4 from the hub: `LIGHTNING_T5_SOURCE=hub "
+                       f"{cmd}{'' if '--max-tokens' in cmd else ' --max-tokens 20000000000'} --num-proc 8` and train "
+                       "with LIGHTNING_T5_SOURCE=hub (README \"Pre-training on C4\").")
+            raise MixtureError(f"the run would repeat data more than mixing.max_passes={max_passes} times: {lines}. "
+                               "Fix: fewer steps (trainer.max_steps), more data, a lower rate for that task, or raise "
+                               f"mixing.max_passes (null disables the check).{how}")
+        return passes
 
     def target_shares(self, step: int = 0) -> dict[str, float]:
         return dict(zip(self.task_names, self._probs_at(step).tolist()))
@@ -301,6 +465,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         if cursor.done:  # a finished pass was loaded: start the next one
             self._epoch = cursor.pass_ + 1
             cursor = self._fresh_cursor()
+        if self.num_workers > 0 and info is None:
+            yield from self._iter_pooled(cursor)
+            return
         for plan in self._plans(cursor):
             if plan.step % nw == wid:
                 batch = self._materialize(plan, cursor)
@@ -309,6 +476,44 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                     self._log_stats()
                 yield batch
         self._last = cursor  # for stats() after the stream ended
+        self._cursor = None
+        self._epoch = cursor.pass_ + 1 if self.epoch_mode == "all_seen" else self._epoch
+
+    def _iter_pooled(self, cursor: _Cursor) -> Iterator[dict[str, torch.Tensor]]:
+        """Plan once in this process; ``num_workers`` forked processes materialize the batches, in plan order.
+
+        The state after each yielded batch is known here (no worker round-robin), so resume stays exact.
+        """
+        ctx = torch.multiprocessing.get_context("fork")  # tensors come back through shared memory
+        _POOLED[id(self)] = self
+        pool = ctx.Pool(self.num_workers, initializer=_pool_init, initargs=(id(self),))
+        pending: collections.deque = collections.deque()
+        plans = self._plans(cursor)
+        try:
+            while True:
+                while len(pending) < 2 * self.num_workers:
+                    plan = next(plans, None)
+                    if plan is None:
+                        break
+                    pending.append((pool.apply_async(_pool_materialize, (plan, cursor.pass_)), copy.deepcopy(cursor),
+                                    plan.step))
+                if not pending:
+                    break
+                result, snapshot, step = pending.popleft()
+                batch, truncated, real, slot = result.get()
+                for c in (cursor, *(p[1] for p in pending), snapshot):  # materialize's counters, in stream order
+                    c.truncated += truncated
+                    c.real_tokens += real
+                    c.slot_tokens += slot
+                self._cursor = snapshot
+                if self.log_every and (step + 1) % self.log_every == 0:
+                    self._log_stats()
+                yield batch
+        finally:
+            pool.terminate()
+            pool.join()
+            _POOLED.pop(id(self), None)
+        self._last = cursor
         self._cursor = None
         self._epoch = cursor.pass_ + 1 if self.epoch_mode == "all_seen" else self._epoch
 
@@ -323,10 +528,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         return _Cursor(pass_=self._epoch, counts=np.zeros(n, np.int64), observed=np.zeros(n, np.int64))
 
     def _source(self, t: int) -> TaskSource:
-        src = self._sources.get(t)
-        if src is None:
-            src = self._sources[t] = TaskSource(self._tasks[t], self.split, self.sequence_length)
-        return src
+        return self._sources[t]
 
     def _rng(self, *key: int) -> np.random.Generator:
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, *key])))
@@ -373,22 +575,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         return _Plan(cur.step, tasks[lo:hi], pos[lo:hi])
 
     def _lengths(self, t: int, position: int, cur: _Cursor) -> tuple[int, int]:
-        """Final (post-finalize, truncated) lengths of the example at task-stream ``position``."""
-        src = self._source(t)
-        if src.supervised:  # finalize is the identity (contract): lengths come from the cached arrays
-            row, _ = src.row(self.seed, cur.pass_, position)
-            li, lt = int(src.lengths["inputs"][row]), int(src.lengths["targets"][row])
-        else:  # random objective: lengths are known only after finalize; finalize a chunk ahead, keep it
-            cache = self._lookahead.setdefault(t, {})
-            if position not in cache:
-                stride = self.world_size if self.pack else 1
-                ahead = position + stride * np.arange(32)
-                rows, ek = src.rows(self.seed, cur.pass_, ahead)
-                xs, ys = src.fetch(rows, ek, self.seed, self.sequence_length)
-                cache.clear()
-                cache.update({int(p): (x, y) for p, x, y in zip(ahead, xs, ys)})
-            x, y = cache[position]
-            li, lt = len(x), len(y)
+        """Final (truncated) lengths of the example at task-stream ``position``, from cached offsets and the
+        objective's length arithmetic (an upper bound for random-length objectives; see ``TaskSource.lengths``)."""
+        src = self._sources[t]
+        li, lt = src.lengths(src.row(self.seed, cur.pass_, position)[0])
         return min(li, self.sequence_length["inputs"]), min(lt, self.sequence_length["targets"])
 
     def _plan_packed(self, cur: _Cursor) -> _Plan:
@@ -443,14 +633,8 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 groups.setdefault(t, []).append(i)
         for t, sel in groups.items():  # random objectives: one finalize call per task with per-example seeds
             src = self._source(t)
-            cache = self._lookahead.get(t, {})
-            pos = plan.positions[sel]
-            if cache and all(int(q) in cache for q in pos):
-                pairs = [cache[int(q)] for q in pos]
-                xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
-            else:
-                rows, ek = src.rows(self.seed, cur.pass_, pos)
-                xs, ys = src.fetch(rows, ek, self.seed, self.sequence_length)
+            rows, ek = src.rows(self.seed, cur.pass_, plan.positions[sel])
+            xs, ys = src.fetch(rows, ek, self.seed, self.sequence_length)
             for j, i in enumerate(sel):
                 inputs[i], targets[i] = xs[j], ys[j]
         L_in, L_t = self.sequence_length["inputs"], self.sequence_length["targets"]
@@ -461,7 +645,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             targets = [y[:L_t] for y in targets]
         if plan.placements is not None:
             pl = plan.placements
-            rows, eo, do, seg = pl[:, 0], pl[:, 1], pl[:, 2], pl[:, 3]
+            rows, seg = pl[:, 0], pl[:, 3]
+            # planned lengths of random-length objectives are upper bounds: close the gaps within each row
+            eo = compact_offsets(rows, seg, np.fromiter(map(len, inputs), np.int64, n))
+            do = compact_offsets(rows, seg, np.fromiter(map(len, targets), np.int64, n))
         else:
             rows, eo, do, seg = np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, np.int64)
         arrays = assemble(inputs, targets, rows, eo, do, seg, plan.task_ids, self.batch_size, L_in, L_t)

@@ -88,6 +88,14 @@ class SyntheticTask:
                 features=_FEATURES)
         return self._cache[split]
 
+    def example_lengths(self, raw_inputs: np.ndarray, raw_targets: np.ndarray,
+                        sequence_length: Mapping[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Upper bounds of finalize's lengths: the split at k in [1, n-1] gives k + 1 <= n and n - k + 1 <= n."""
+        if self.supervised:
+            return np.asarray(raw_inputs), np.asarray(raw_targets)
+        n = np.maximum(np.asarray(raw_targets, np.int64), 2)
+        return n, n.copy()
+
     def finalize(self, batch: Mapping[str, list[np.ndarray]], seeds: np.ndarray,
                  sequence_length: Mapping[str, int] | None = None) -> dict[str, list[np.ndarray]]:
         if self.supervised:

@@ -10,6 +10,10 @@ Data flow of one task (seqio-shaped)::
 ``tokenized`` is computed once per (task, split, source rows, vocabulary, preprocessor code and
 arguments, and ``sequence_length`` when a cacheable token preprocessor uses it) and then served from
 ``datasets``' Arrow cache file under ``$LIGHTNING_T5_CACHE/tokenized/<task>/``.
+
+Training reads the same rows from :meth:`Task.token_cache` instead: the memory-mapped layout of
+:mod:`tasks.cache` under the same key, built in shards by ``python -m tasks cache`` (required for streaming
+sources) or on first use for local ones.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from tasks.cache import TokenCache, build_cache, cache_command, open_cache
 from tasks.errors import RowError, TaskError
 from tasks.sources import DataSource
 from tasks.utils import CACHE_VERSION, _splitmix64, cache_root, callable_fingerprint, example_seed, stable_hash
@@ -289,7 +294,7 @@ class Task:
         """The key of ``tokenized(split)``'s final cache file (see the module docstring)."""
         return self._stage_fingerprints(split, sequence_length)[-1]
 
-    def _tokenize_batch(self, batch: dict[str, list], indices: list[int], split: str) -> pa.Table:
+    def _texts(self, batch: dict[str, list], indices: list[int], split: str) -> tuple[list[str], list[str]]:
         keys = list(batch)
         inputs: list[str] = []
         targets: list[str] = []
@@ -298,12 +303,39 @@ class Task:
             for ex in self.preprocess_row(row, split, index):
                 inputs.append(ex["inputs"])
                 targets.append(ex["targets"])
+        return inputs, targets
+
+    def _tokenize_batch(self, batch: dict[str, list], indices: list[int], split: str) -> pa.Table:
+        inputs, targets = self._texts(batch, indices, split)
         vocab = self.vocabulary
         eos = None if self.token_preprocessors else vocab.eos_id
         return pa.table({
             "inputs": _to_list_array(vocab.encode_batch(inputs), eos),
             "targets": _to_list_array(vocab.encode_batch(targets), eos),
         })
+
+    def tokenize_rows(self, batch: dict[str, list], indices: list[int], split: str,
+                      sequence_length: SequenceLength | None = None, num_threads: int = -1
+                      ) -> dict[str, list[np.ndarray]]:
+        """Raw rows (a dict of lists; ``indices`` their row numbers, for error messages) -> the cached form:
+        text preprocessors, vocabulary (+EOS for supervised tasks), then the cacheable token preprocessors.
+        Used by the token cache builder (:mod:`tasks.cache`)."""
+        inputs, targets = self._texts(batch, indices, split)
+        vocab = self.vocabulary
+        eos = np.array([vocab.eos_id] if not self.token_preprocessors else [], np.int32)
+        out = {}
+        for key, texts in (("inputs", inputs), ("targets", targets)):
+            ids = vocab.encode_batch(texts, num_threads=num_threads)
+            lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+            flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum()))
+            if len(eos):
+                flat = np.insert(flat, np.cumsum(lengths), eos[0])
+                lengths = lengths + 1
+            out[key] = np.split(flat, np.cumsum(lengths)[:-1]) if len(ids) else []
+        for tp in self._cacheable():
+            out = tp(out, sequence_length=sequence_length, vocabulary=vocab)
+            out = {k: [np.asarray(x, np.int32) for x in out[k]] for k in ("inputs", "targets")}
+        return out
 
     def tokenized(self, split: str, sequence_length: SequenceLength | None = None) -> datasets.Dataset:
         """The split tokenized (int32 ``inputs``/``targets``), cached on disk; numpy-formatted.
@@ -355,9 +387,34 @@ class Task:
             )
         return ds.with_format("numpy", dtype=np.int32)
 
+    def token_cache(self, split: str, sequence_length: SequenceLength | None = None, *, build: bool = True
+                    ) -> TokenCache:
+        """The memory-mapped token cache training reads (:mod:`tasks.cache`).
+
+        A local random-access source is cached on first use (``build``; one process builds, others wait on the
+        cache's lock). A streaming source (C4 from the hub, streamed files) must be cached offline first with
+        ``python -m tasks cache``: without its cache this raises, naming the exact command.
+        """
+        self._check_split(split)
+        cache = open_cache(self, split, sequence_length)
+        if cache is not None:
+            return cache
+        if self.source.streaming or not build:
+            why = "its source streams" if self.source.streaming else "building on first use is off here"
+            raise TaskError(
+                f"Task '{self.name}', split '{split}' has no token cache ({why}; source: {self.source.describe()}). "
+                f"Build it first with:\n    {cache_command(self, split, sequence_length)}\n"
+                "(--max-tokens caps a corpus; --num-proc N tokenizes in N processes; add --imports MODULE for a "
+                "task registered in your own module)."
+            )
+        return build_cache(self, split, sequence_length)
+
     def num_examples(self, split: str, sequence_length: SequenceLength | None = None) -> int:
-        """Rows of ``tokenized(split)`` (tokenizes and caches on first use)."""
-        return len(self.tokenized(split, sequence_length))
+        """Rows of the split's token cache (= rows of ``tokenized(split)``); cached on first use.
+
+        A streaming source needs its offline cache (see :meth:`token_cache`).
+        """
+        return len(self.token_cache(split, sequence_length))
 
     def num_rows(self, split: str) -> int | None:
         """Raw source rows, counted cheaply (e.g. lines of a JSONL file); None if unknown."""
@@ -382,6 +439,25 @@ class Task:
             key: [np.concatenate([np.asarray(x, dtype=np.int32), eos]) for x in batch[key]]
             for key in ("inputs", "targets")
         }
+
+    def example_lengths(self, raw_inputs: np.ndarray, raw_targets: np.ndarray,
+                        sequence_length: SequenceLength | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Final lengths (EOS included, before truncation) of the examples :meth:`finalize` makes from cached rows
+        of these lengths, by length arithmetic alone: exact for supervised tasks and span corruption, an upper
+        bound for objectives with random output lengths. A random token preprocessor without ``output_lengths``
+        gives the full ``sequence_length`` (always an upper bound after truncation)."""
+        raw_inputs, raw_targets = np.asarray(raw_inputs, np.int64), np.asarray(raw_targets, np.int64)
+        if not self.token_preprocessors:
+            return raw_inputs, raw_targets
+        lin, ltg = raw_inputs, raw_targets
+        for tp in self._random():
+            fn = getattr(tp, "output_lengths", None)
+            if fn is None or sequence_length is None:
+                full = sequence_length or {"inputs": 1 << 30, "targets": 1 << 30}
+                return (np.full(len(raw_inputs), int(full["inputs"]), np.int64),
+                        np.full(len(raw_targets), int(full["targets"]), np.int64))
+            lin, ltg = fn(lin, ltg, sequence_length)
+        return np.asarray(lin, np.int64) + 1, np.asarray(ltg, np.int64) + 1
 
     def get_dataset(
         self,

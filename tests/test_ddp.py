@@ -46,10 +46,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(tmp_path: Path, name: str, nproc: int, extra: list[str]) -> Path:
+def _train(tmp_path: Path, name: str, nproc: int, extra: list[str], env_extra: dict | None = None) -> Path:
     overrides = [*FAST, "imports=[test_train_helpers]", f"output_dir={tmp_path}", f"run_name={name}",
                  "data.pack=false", "model.dropout_rate=0.0", "trainer.max_steps=4", "eval.max_examples=6", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     if nproc == 1:
         cmd = [sys.executable, "train.py", *overrides]
     else:
@@ -57,13 +57,20 @@ def _train(tmp_path: Path, name: str, nproc: int, extra: list[str]) -> Path:
                f"--master_port={_free_port()}", "train.py", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    (tmp_path / f"{name}.stderr").write_text(proc.stderr)
     return tmp_path / name
 
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     one = _train(tmp_path, "one", 1, ["data.batch_size=4"])
-    two = _train(tmp_path, "two", 2, ["data.batch_size=2", "trainer.strategy=ddp", "trainer.devices=2"])
+    fresh = tmp_path / "fresh_cache"  # no token cache yet: local rank 0 builds each one, rank 1 waits for it
+    two = _train(tmp_path, "two", 2, ["data.batch_size=2", "trainer.strategy=ddp", "trainer.devices=2"],
+                 {"LIGHTNING_T5_CACHE": str(fresh)})
+    built = [ln for ln in (tmp_path / "two.stderr").read_text().splitlines() if "built token cache" in ln]
+    assert sorted(ln.split("built token cache ")[1].split(":")[0] for ln in built) == \
+        ["corpus_span_corruption/train", "glue_rte/train", "glue_sst2/train"], built  # once each, not per rank
+    assert all(ln.startswith("[local rank 0]") for ln in built)
     a, b = read_losses(one), read_losses(two)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=2e-5)

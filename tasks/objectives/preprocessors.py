@@ -94,6 +94,31 @@ class Denoise:
             sequence_length or DEFAULT_SEQUENCE_LENGTH, **{k: getattr(self, k) for k in _WINDOW_FIELDS}
         )
 
+    def output_lengths(self, raw_inputs: np.ndarray, raw_targets: np.ndarray,
+                       sequence_length: Mapping[str, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Lengths of this objective's outputs (no EOS, trimmed like :meth:`__call__`) for raw windows of
+        ``raw_targets`` tokens, by length arithmetic alone (the sampler plans packing with them).
+
+        Exact for random spans with sentinel/drop inputs and targets (T5's span corruption: a window of 568 gives
+        511 and 113) and for objectives that keep the window's length; an upper bound when the length is random
+        (i.i.d. noise, prefix LM).
+        """
+        L = np.asarray(raw_targets, np.int64)
+        out_in = L.copy()
+        out_tg = L + 1 if self.targets == "unique_sentinels" else L.copy()
+        exact = (self.noise_mask == "random_spans" and self.noise_density > 0
+                 and self.inputs in ("unique_sentinels", "drop") and self.targets in ("unique_sentinels", "noise"))
+        if exact:
+            for length in np.unique(L[L >= 2]).tolist():
+                noise, spans = masks.random_spans_counts(length, self.noise_density, self.mean_noise_span_length)
+                sel = L == length
+                out_in[sel] = length - noise + spans * (self.inputs == "unique_sentinels")
+                out_tg[sel] = noise + spans * (self.targets == "unique_sentinels")
+        if sequence_length is not None:
+            out_in = np.minimum(out_in, int(sequence_length["inputs"]) - 1)
+            out_tg = np.minimum(out_tg, int(sequence_length["targets"]) - 1)
+        return out_in, out_tg
+
     def __call__(
         self,
         batch: dict[str, list[np.ndarray]],
