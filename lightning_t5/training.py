@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_t5.checkpoint import CheckpointError, find_last_checkpoint
 from lightning_t5.schema import ConfigError, to_run_config, validate_config
+from lightning_t5.sharding import check_config as check_sharding_config
+from lightning_t5.sharding import full_state_dict, make_strategy, sharding_options
 
 __all__ = ["fit", "prepare_config", "load_resume_config", "RunSetup"]
 
@@ -76,7 +78,7 @@ def prepare_config(cfg: Any) -> DictConfig:
     if resume not in (None, "auto"):
         path = Path(resume)
         if path.suffix == ".ckpt":
-            if not path.is_file():
+            if not path.exists():  # a file, or a sharded run's checkpoint directory
                 raise CheckpointError(f"resume={resume!r}: the checkpoint file does not exist.")
             path = path.parent.parent
         if not path.is_dir():
@@ -204,6 +206,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     if raw_resume not in (None, "auto") and overrides is not None and not str(raw_resume).endswith(".ckpt"):
         cfg = load_resume_config(raw_resume, overrides)
     cfg = prepare_config(cfg)
+    check_sharding_config(cfg)
     setup = RunSetup(cfg)
     run_dir = Path(cfg.run_dir)
     tcfg = cfg.trainer
@@ -219,6 +222,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         total_steps=total_steps, vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
         eval_options={"max_new_tokens": int(cfg.eval.max_new_tokens), "num_beams": int(cfg.eval.num_beams)},
+        sharding=sharding_options(cfg),
     )
     if cfg.init_from and setup.checkpoint is None:
         _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
@@ -242,7 +246,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
                CSVLogger(str(run_dir), name="csv")]  # csv/version_N per (resumed) session: never overwritten
     every = cfg.eval.every_n_steps
     trainer = pl.Trainer(
-        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=tcfg.strategy,
+        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=make_strategy(tcfg),
         precision=tcfg.precision, max_steps=int(tcfg.max_steps), accumulate_grad_batches=accumulate,
         gradient_clip_val=tcfg.gradient_clip_val, log_every_n_steps=int(tcfg.log_every_n_steps),
         callbacks=all_callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
@@ -279,7 +283,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     last = ckpt_dir / "last.ckpt"
     result: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "checkpoint": str(last) if last.is_file() else None,
+        "checkpoint": str(last) if last.exists() else None,
         "metrics": (after or {}).get("metrics", {}),
         "averages": (after or {}).get("averages", {}),
         "metrics_before": (before or {}).get("metrics", {}),
@@ -288,6 +292,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         "tokens": int(train_log.tokens),
         "wall_time_s": round(time.time() - start, 2),
     }
+    export_state = full_state_dict(module.model) if cfg.export_hf else None  # collective under FSDP
     if trainer.is_global_zero:
         _write_json(run_dir / "metrics.json", result)
         table = format_metrics_table(result["metrics"], result["metrics_before"] if before else None,
@@ -300,7 +305,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         print("\n" + table + "\n")
         print(f"run directory: {run_dir}")
         if cfg.export_hf:
-            module.model.save_hf(str(cfg.export_hf))
+            from lightning_t5.export import export_state_dict
+
+            export_state_dict(setup.model_config, export_state, cfg.export_hf)
             print(f"exported Hugging Face model to {cfg.export_hf}")
     return result
 
