@@ -199,6 +199,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     from lightning_t5.data import MixtureDataModule
     from lightning_t5.evaluation import format_metrics_table
     from lightning_t5.module import T5LightningModule
+    from lightning_t5.rank_agreement import RankAgreement
 
     start = time.time()
     _quiet_known_warnings()
@@ -235,7 +236,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
 
     train_log = TrainLog(run_dir / "train_log.jsonl")
     all_callbacks: list[Any] = [
-        train_log, RngState(),
+        train_log, RngState(), RankAgreement(int(cfg.seed), setup.vocab_fingerprint),
         StepCheckpoint(run_dir / "checkpoints", every_n_steps=int(tcfg.checkpoint_every_n_steps),
                        keep=int(tcfg.keep_checkpoints)),
         *callbacks,
