@@ -2,7 +2,8 @@
 
 A sharded run's checkpoint `checkpoints/last.ckpt` (or `step000100.ckpt`) is a *directory*: one `.distcp` shard file
 per rank plus DCP's `.metadata`, Lightning's `meta.pt` (loops, callbacks, hyper-parameters: everything but weights and
-optimizer state) and our completion marker `COMPLETE` (JSON: global step). It is written as `.<name>.partial/` and
+optimizer state, as seen by rank 0), `loops_rank<r>.pt` (each rank's own loop and data-loader position) and our
+completion marker `COMPLETE` (JSON: global step). It is written as `.<name>.partial/` and
 renamed into place only after every rank's shard and `meta.pt` exist (`ShardedStrategy.save_checkpoint`), so a
 directory under a checkpoint name without the marker is never treated as a checkpoint.
 """
@@ -17,11 +18,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["MARKER", "META", "partial_dir", "finalize", "is_complete", "is_checkpoint", "load_meta",
+__all__ = ["MARKER", "META", "rank_state_file", "partial_dir", "finalize", "is_complete", "is_checkpoint", "load_meta",
            "load_full_model_state"]
 
 MARKER = "COMPLETE"
 META = "meta.pt"  # lightning_fabric.utilities.load._METADATA_FILENAME
+
+
+def rank_state_file(path: Path, rank: int) -> Path:
+    """Per-rank non-tensor state (the rank's loop and data-loader position), beside the shared `meta.pt`."""
+    return path / f"loops_rank{int(rank)}.pt"
 
 
 def partial_dir(path: Path) -> Path:

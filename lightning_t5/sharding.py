@@ -104,7 +104,7 @@ class ShardedStrategy(ModelParallelStrategy):
         super().setup_environment()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        from lightning_t5.sharded_checkpoint import finalize, partial_dir
+        from lightning_t5.sharded_checkpoint import finalize, partial_dir, rank_state_file
 
         path = Path(self.broadcast(str(filepath)))
         tmp = partial_dir(path)
@@ -113,11 +113,23 @@ class ShardedStrategy(ModelParallelStrategy):
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         self.barrier("sharded_checkpoint_start")
+        # Lightning's meta.pt holds rank 0's loop state; each rank's data loader position is its own.
+        torch.save({"loops": checkpoint.get("loops")}, rank_state_file(tmp, self.global_rank))
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("sharded_checkpoint_written")
         if self.is_global_zero:
             finalize(tmp, path, step=int(checkpoint.get("global_step", -1)))
         self.barrier("sharded_checkpoint_done")
+
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        from lightning_t5.sharded_checkpoint import rank_state_file
+
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        own = rank_state_file(Path(self.broadcast(str(checkpoint_path))), self.global_rank)
+        if own.is_file():
+            checkpoint["loops"] = torch.load(own, map_location="cpu", weights_only=True)["loops"]
+        return checkpoint
 
 
 def make_strategy(trainer_cfg: Mapping[str, Any]) -> Any:
