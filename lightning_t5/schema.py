@@ -190,7 +190,6 @@ class FSDPConfig:
     """`trainer.fsdp`: knobs of sharded runs (`trainer=fsdp`; lightning_t5/sharding.py explains them)."""
 
     meta_init: Optional[bool] = None  # null: build on the meta device when the model has >= 500M parameters
-    reshard_after_forward: bool = True  # False: keep gathered block weights until backward (more memory, less comm)
 
 
 @dataclass

@@ -84,7 +84,6 @@ def sharding_options(cfg: Any) -> dict[str, Any] | None:
     return {
         "param_dtype": "bfloat16" if str(cfg.trainer.precision) in _BF16_PRECISIONS else "float32",
         "meta_init": None if meta_init is None else bool(meta_init),
-        "reshard_after_forward": bool(fsdp.get("reshard_after_forward", True)),
     }
 
 
@@ -180,7 +179,7 @@ def shard_model(model: nn.Module, mesh: Any, options: Mapping[str, Any], device:
     for stack in (model.encoder, model.decoder):
         for block in stack.block:
             if not _has_relative_bias(block):
-                fully_shard(block, reshard_after_forward=bool(options.get("reshard_after_forward", True)), **kwargs)
+                fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     if getattr(model, "_lightning_t5_meta_init", False):
         model.to_empty(device=device)

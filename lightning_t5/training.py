@@ -144,17 +144,18 @@ class RunSetup:
 def _init_weights(model: Any, init_from: str, model_config: Mapping[str, Any], vocab_fingerprint: str) -> None:
     """Initialise `model` from a lightning_t5 checkpoint (.ckpt) or a Hugging Face T5 directory (weights only)."""
     from lightning_t5.checkpoint import check_compatible, load_checkpoint, model_state_dict
+    from lightning_t5.sharded_checkpoint import is_checkpoint, is_complete, load_full_model_state
 
     path = Path(init_from)
-    if path.is_dir() and (path / "last.ckpt").is_file():
+    if path.is_dir() and is_checkpoint(path / "last.ckpt"):
         path = path / "last.ckpt"
     elif path.is_dir() and (path / "checkpoints").is_dir():
         found = find_last_checkpoint(path)
         path = found if found is not None else path
-    if path.is_file():
+    if path.is_file() or is_complete(path):  # a .ckpt file, or a sharded run's checkpoint directory
         ckpt = load_checkpoint(path)
         check_compatible(ckpt, model_config, vocab_fingerprint, path=str(path))
-        model.load_state_dict(model_state_dict(ckpt))
+        model.load_state_dict(model_state_dict({"state_dict": load_full_model_state(path)} if path.is_dir() else ckpt))
     elif path.is_dir():
         from lightning_t5 import T5
 

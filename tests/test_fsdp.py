@@ -243,3 +243,34 @@ def test_two_process_run_with_mismatched_seeds_stops_before_training(tmp_path: P
     assert proc.returncode != 0
     assert "Ranks disagree on 'seed': rank 0 has 40, rank 1 has 41" in proc.stderr
     assert not (tmp_path / "measured" / "train_log.jsonl").exists() or not read_losses(tmp_path / "measured")
+
+
+def test_init_from_and_export_read_a_distributed_checkpoint_directory(tmp_path: Path) -> None:
+    """The directory format sharded runs write (DCP shards + meta.pt + COMPLETE), here written by one process:
+    `init_from=<run dir>` and `lightning_t5.export.load_model` rebuild the full weights from it."""
+    import torch.distributed.checkpoint as dcp
+
+    from lightning_t5 import T5, T5Config
+    from lightning_t5.export import load_model
+    from lightning_t5.sharded_checkpoint import META, finalize, partial_dir
+    from lightning_t5.training import _init_weights
+
+    model_config = {"vocab_size": 256, "d_model": 32, "d_ff": 64, "num_heads": 2, "d_kv": 16, "num_layers": 1,
+                    "num_decoder_layers": 1, "dropout_rate": 0.0}
+    torch.manual_seed(1)
+    source = T5(T5Config.from_dict(model_config))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tmp = partial_dir(last)
+    tmp.mkdir(parents=True)
+    dcp.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}},
+             storage_writer=dcp.FileSystemWriter(str(tmp)))
+    torch.save({"global_step": 5, "hyper_parameters": {"model_config": model_config, "vocab_fingerprint": "v"}},
+               tmp / META)
+    finalize(tmp, last, step=5)
+
+    target = T5(T5Config.from_dict(model_config))
+    _init_weights(target, str(tmp_path / "run"), model_config, "v")
+    exported = load_model(last)
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0)
+        torch.testing.assert_close(exported.state_dict()[name], value, rtol=0, atol=0)
