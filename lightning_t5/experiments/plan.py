@@ -77,6 +77,8 @@ EXPERIMENT_KEYS: dict[str, str] = {
     "run_name": "folder under output_dir for this experiment (default: name); reruns reuse finished stages",
     "paper": "show the T5 paper's numbers beside ours (true/false)",
     "overrides": "run-config overrides (data, eval, mixing, trainer, ...) applied under every stage of the experiment",
+    "executor": "where stages run: local (this process, in order) | submitit (SLURM jobs) | submitit_local",
+    "cluster": "submitit job resources: partition, gpus_per_node, nodes, timeout_min, cpus_per_task, mem_gb, slurm_*",
 }
 
 
