@@ -195,7 +195,7 @@ class T5LightningModule(pl.LightningModule):
     def configure_model(self) -> None:
         """FSDP2 sharding under `trainer=fsdp` (lightning_t5.sharding); nothing otherwise."""
         if self.hparams.get("sharding"):
-            shard_model(self.model, self.device_mesh, self.hparams["sharding"], self.device)
+            shard_model(self.model, self.device_mesh, self.hparams["sharding"])
 
     def configure_optimizers(self) -> Any:
         optim = dict(self.hparams["optim"])

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 
@@ -87,6 +88,20 @@ def sharding_options(cfg: Any) -> dict[str, Any] | None:
     }
 
 
+class _Bf16AutocastPrecision(MixedPrecision):
+    """bf16-mixed without Lightning's refusal to clip gradients of a fused optimizer.
+
+    Lightning refuses clipping whenever the optimizer can unscale gradients itself (fused AdamW), which only matters
+    with an fp16 loss scaler; bf16 autocast has none, so the gradients the optimizer sees are the clipped ones.
+    """
+
+    def clip_gradients(self, optimizer: Any, clip_val: float = 0.0, gradient_clip_algorithm: Any = None) -> None:
+        if gradient_clip_algorithm is None:
+            Precision.clip_gradients(self, optimizer, clip_val)
+        else:
+            Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+
 class ShardedStrategy(ModelParallelStrategy):
     """`ModelParallelStrategy` as pure data parallelism over every process, with atomic DCP checkpoint directories.
 
@@ -101,6 +116,12 @@ class ShardedStrategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # all processes: FSDP, no tensor parallelism
         super().setup_environment()
+
+    def setup(self, trainer: Any) -> None:
+        plugin = self.precision_plugin
+        if type(plugin) is MixedPrecision and plugin.scaler is None:  # bf16-mixed: see _Bf16AutocastPrecision
+            self.precision_plugin = _Bf16AutocastPrecision(plugin.precision, plugin.device)
+        super().setup(trainer)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         from lightning_t5.sharded_checkpoint import finalize, partial_dir, rank_state_file
@@ -119,7 +140,6 @@ class ShardedStrategy(ModelParallelStrategy):
         if self.is_global_zero:
             finalize(tmp, path, step=int(checkpoint.get("global_step", -1)))
         self.barrier("sharded_checkpoint_done")
-
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         from lightning_t5.sharded_checkpoint import rank_state_file
@@ -150,6 +170,8 @@ def build_model(model_config: Mapping[str, Any], options: Mapping[str, Any] | No
     if options.get("meta_init") is None and model.num_parameters() < META_INIT_MIN_PARAMS:
         return T5(config)
     model._lightning_t5_meta_init = True  # initialised by shard_model after sharding
+    log.info("FSDP: %s parameters built on the meta device; initialised on the shards after sharding",
+             f"{model.num_parameters():,}")
     return model
 
 
@@ -157,7 +179,7 @@ def _has_relative_bias(block: nn.Module) -> bool:
     return any("relative_attention_bias" in name for name, _ in block.named_parameters())
 
 
-def shard_model(model: nn.Module, mesh: Any, options: Mapping[str, Any], device: torch.device) -> nn.Module:
+def shard_model(model: nn.Module, mesh: Any, options: Mapping[str, Any]) -> nn.Module:
     """Apply FSDP2 to a `T5` in place (per block, then the root); initialise meta-built weights on the shards.
 
     Idempotent: Lightning calls `configure_model` for every `fit`/`validate`, and a sharded model stays sharded.
@@ -182,7 +204,9 @@ def shard_model(model: nn.Module, mesh: Any, options: Mapping[str, Any], device:
                 fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     if getattr(model, "_lightning_t5_meta_init", False):
-        model.to_empty(device=device)
+        device = torch.device("cuda", torch.cuda.current_device()) if dp_mesh.device_type == "cuda" else \
+            torch.device(dp_mesh.device_type)
+        model.to_empty(device=device)  # allocates only the local shards
         model.reset_parameters()  # the model's own init, applied to each rank's local shards
         model._lightning_t5_meta_init = False
     return model

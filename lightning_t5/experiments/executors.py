@@ -55,7 +55,7 @@ def check_executor_options(block: Mapping[str, Any]) -> tuple[str, dict[str, Any
     if executor not in EXECUTORS:
         raise ExperimentConfigError(f"experiment_options.executor={executor!r} is not valid; choose one of: "
                                     f"{', '.join(EXECUTORS)}.")
-    cluster = dict(block.get("cluster") or {})
+    cluster = {k: v for k, v in dict(block.get("cluster") or {}).items() if v is not None}  # null: not set
     unknown = sorted(k for k in cluster if k not in (*_GENERIC, "partition") and not k.startswith("slurm_"))
     if unknown:
         raise ExperimentConfigError(f"unknown experiment_options.cluster key(s) {', '.join(unknown)}; valid: "
