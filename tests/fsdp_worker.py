@@ -27,6 +27,15 @@ class MeasureShards(pl.Callback):
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.forward_dtypes: set[str] = set()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        block = pl_module.model.encoder.block[1]  # its own FSDP unit: gathered in its pre-forward hook
+
+        def record(module, args) -> None:
+            self.forward_dtypes.add(str(module.layer[0].SelfAttention.q.weight.dtype))
+
+        block.register_forward_pre_hook(record)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step != 2:
@@ -43,6 +52,9 @@ class MeasureShards(pl.Callback):
             "local_optimizer_state": local_numel(states),
             "total_optimizer_state": sum(v.numel() for v in states),
             "param_types": sorted({type(p).__name__ for p in params}),
+            "param_dtypes": sorted({str(p.dtype) for p in params}),
+            "grad_dtypes": sorted({str(p.grad.dtype) for p in params if p.grad is not None}),
+            "forward_param_dtypes": sorted(self.forward_dtypes),
             "std": std,
         }
         self.out.mkdir(parents=True, exist_ok=True)

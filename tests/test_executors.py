@@ -54,6 +54,14 @@ def test_executor_options_are_validated() -> None:
         check_executor_options({"executor": "submitit", "cluster": {"gpus": 8}})
     with pytest.raises(ExperimentConfigError, match="executor=local"):
         check_executor_options({"cluster": {"nodes": 2}})
+    assert check_executor_options({"cluster": {"nodes": None, "partition": None}}) == ("local", {})  # yaml nulls
+
+
+def test_submitit_is_refused_under_a_multi_process_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ExperimentConfigError, match="must run in a single process"):
+        check_executor_options({"executor": "submitit_local"})
+    assert check_executor_options({"executor": "local"}) == ("local", {})
 
 
 def test_local_executor_runs_in_plan_order() -> None:
@@ -100,7 +108,7 @@ def test_a_failed_job_is_reported_after_the_running_ones_end(tmp_path: Path) -> 
 def _experiment(out: Path, *extra: str) -> dict:
     args = ["experiment=strategies_tiny", f"output_dir={out}", "experiment_options.pretrain_steps=4",
             "experiment_options.finetune_steps=2", "experiment_options.tasks=[glue_rte,super_glue_cb]",
-            "experiment_options.strategies=[pretrain_finetune,multitask]",
+            "experiment_options.strategies=[pretrain_finetune]",
             "experiment_options.overrides.eval.max_examples=8", *extra]
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=1200)
@@ -112,7 +120,7 @@ def _experiment(out: Path, *extra: str) -> dict:
 def test_strategies_tiny_with_submitit_local_gives_the_local_table(tmp_path: Path) -> None:
     local = _experiment(tmp_path / "local")
     jobs = _experiment(tmp_path / "jobs", "experiment_options.executor=submitit_local")
-    assert [r["key"] for r in jobs["rows"]] == [r["key"] for r in local["rows"]] == ["pretrain_finetune", "multitask"]
+    assert [r["key"] for r in jobs["rows"]] == [r["key"] for r in local["rows"]] == ["pretrain_finetune"]
     for a, b in zip(local["rows"], jobs["rows"]):
         assert b["status"] == a["status"] == "done"
         for task, values in a["metrics"].items():
@@ -120,9 +128,8 @@ def test_strategies_tiny_with_submitit_local_gives_the_local_table(tmp_path: Pat
                 assert b["metrics"][task][key] == pytest.approx(value, abs=1e-6), (a["key"], task, key)
     times = jobs["stage_times"]
     assert all(not t["reused"] for t in times.values())
-    # the multi-task stage (from scratch) overlaps the pre-training; the two fine-tunes overlap each other
-    assert times["multitask"]["start"] < times["pretrain"]["end"]
+    # both fine-tunes wait for the pre-training, then run at the same time
     fts = [n for n in times if n.startswith("pretrain__ft_")]
-    assert len(fts) == 2
+    assert len(fts) == 2 and all(times[n]["start"] >= times["pretrain"]["end"] for n in fts)
     assert times[fts[0]]["start"] < times[fts[1]]["end"] and times[fts[1]]["start"] < times[fts[0]]["end"]
     assert (tmp_path / "jobs" / "strategies_tiny" / "results.md").is_file()

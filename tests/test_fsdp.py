@@ -173,15 +173,20 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_each_rank_holds_half_of_parameters_and_optimizer_state_with_meta_init(tmp_path: Path) -> None:
-    """Built on the meta device and initialised on the shards (trainer.fsdp.meta_init=true): each rank stores about
-    half of the parameters and of AdamW's moments, and the weights have the model's init scale (not garbage)."""
+    """Built on the meta device and initialised on the shards (trainer.fsdp.meta_init=true), bf16-mixed: each rank
+    stores about half of the parameters and of AdamW's moments, in fp32, gathers bf16 weights for the forward, and
+    the weights have the model's init scale (not garbage)."""
+    sharded = [o for o in SHARDED if not o.startswith("trainer.precision")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path), *EXTRA, *SHARDED,
+           str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path), *EXTRA, *sharded, "trainer.precision=bf16-mixed",
            "trainer.fsdp.meta_init=true", "trainer.max_steps=3", "eval.max_examples=2"]
     _run(cmd)
+    assert all(np.isfinite(v) for v in read_losses(tmp_path / "measured").values())
     records = [json.loads((tmp_path / "measured" / f"shards_rank{r}.json").read_text()) for r in (0, 1)]
     for rec in records:
         assert rec["param_types"] == ["DTensor"]
+        assert rec["param_dtypes"] == rec["grad_dtypes"] == ["torch.float32"]  # sharded master weights, fp32 reduce
+        assert rec["forward_param_dtypes"] == ["torch.bfloat16"]  # MixedPrecisionPolicy(param_dtype=bf16)
         assert rec["total_optimizer_state"] == 2 * rec["total_params"]  # exp_avg + exp_avg_sq
         assert rec["local_params"] == pytest.approx(rec["total_params"] / 2, rel=0.02)
         assert rec["local_optimizer_state"] == pytest.approx(rec["total_optimizer_state"] / 2, rel=0.02)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -55,6 +56,10 @@ def check_executor_options(block: Mapping[str, Any]) -> tuple[str, dict[str, Any
     if executor not in EXECUTORS:
         raise ExperimentConfigError(f"experiment_options.executor={executor!r} is not valid; choose one of: "
                                     f"{', '.join(EXECUTORS)}.")
+    if executor != "local" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ExperimentConfigError(f"experiment_options.executor={executor} submits one job per stage and must run in "
+                                    f"a single process (the jobs start their own ranks); do not launch it with "
+                                    f"torchrun/srun over several processes.")
     cluster = {k: v for k, v in dict(block.get("cluster") or {}).items() if v is not None}  # null: not set
     unknown = sorted(k for k in cluster if k not in (*_GENERIC, "partition") and not k.startswith("slurm_"))
     if unknown:
