@@ -43,6 +43,10 @@ class RunInterrupted(Exception):
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """`torch.load(weights_only=True)` with an error that says what to do when the file is not a checkpoint."""
     path = Path(path)
+    if path.is_dir():  # a sharded run's distributed checkpoint: its non-tensor part (hyper-parameters, loops...)
+        from lightning_t5.sharded_checkpoint import load_meta
+
+        return load_meta(path, map_location=map_location)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
     try:
@@ -55,12 +59,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 
 def find_last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """`run_dir/checkpoints/last.ckpt`, else the step checkpoint with the highest step, else None."""
+    """`run_dir/checkpoints/last.ckpt`, else the newest step checkpoint, else None. A checkpoint is a file or a
+    complete distributed-checkpoint directory (sharded runs); an interrupted directory write is skipped."""
+    from lightning_t5.sharded_checkpoint import is_checkpoint
+
     ckpt_dir = Path(run_dir) / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if last.is_file():
+    if is_checkpoint(last):
         return last
-    steps = sorted(ckpt_dir.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime)
+    steps = sorted((p for p in ckpt_dir.glob("step*.ckpt") if is_checkpoint(p)), key=lambda p: p.stat().st_mtime)
     return steps[-1] if steps else None
 
 

@@ -19,6 +19,7 @@ from lightning_t5.evaluation import evaluate_predictions, gather_predictions
 from lightning_t5.fused import log_kernels, make_optimizer
 from lightning_t5.model import SEQIO_INPUTS
 from lightning_t5.schedules import lr_lambda
+from lightning_t5.sharding import build_model, gather_root, reshard_root, shard_model
 
 __all__ = ["T5LightningModule", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
 
@@ -65,12 +66,11 @@ class T5LightningModule(pl.LightningModule):
 
     def __init__(self, model_config: Mapping[str, Any], optim: Mapping[str, Any], task_names: Sequence[str],
                  total_steps: int, vocab_fingerprint: str | None = None, log_every_n_steps: int = 10,
-                 eval_options: Mapping[str, Any] | None = None, model: torch.nn.Module | None = None) -> None:
+                 eval_options: Mapping[str, Any] | None = None, model: torch.nn.Module | None = None,
+                 sharding: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
-        from lightning_t5 import T5, T5Config
-
-        self.model = model if model is not None else T5(T5Config.from_dict(dict(model_config)))
+        self.model = model if model is not None else build_model(model_config, sharding)
         self.task_names = list(task_names)
         self.z_loss = float(model_config.get("z_loss", 0.0) or 0.0)
         self.eval_options = dict(eval_options or {})
@@ -134,6 +134,11 @@ class T5LightningModule(pl.LightningModule):
                      batch_size=1, rank_zero_only=True)
 
     # ------------------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """FSDP2 sharding under `trainer=fsdp` (lightning_t5.sharding); nothing otherwise."""
+        if self.hparams.get("sharding"):
+            shard_model(self.model, self.device_mesh, self.hparams["sharding"])
+
     def configure_optimizers(self) -> Any:
         optim = dict(self.hparams["optim"])
         optimizer = build_optimizer(self.model, optim)
@@ -151,6 +156,7 @@ class T5LightningModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_predictions = {}
+        gather_root(self.model)  # sharded runs: generation bypasses the root's forward hook
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         evaluator = self._evaluators()[dataloader_idx]
@@ -160,6 +166,7 @@ class T5LightningModule(pl.LightningModule):
         self._val_predictions.setdefault(evaluator.name, []).extend(rows)
 
     def on_validation_epoch_end(self) -> None:
+        reshard_root(self.model)
         evaluators = self._evaluators()
         if not evaluators:
             return

@@ -152,6 +152,13 @@ class OptimConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """`trainer.fsdp`: knobs of sharded runs (`trainer=fsdp`; lightning_t5/sharding.py explains them)."""
+
+    meta_init: Optional[bool] = None  # null: build on the meta device when the model has >= 500M parameters
+
+
+@dataclass
 class TrainerConfig:
     """The subset of `pytorch_lightning.Trainer` arguments a run may set, plus checkpointing/logging cadence."""
 
@@ -169,6 +176,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     matmul_precision: Optional[str] = None  # torch.set_float32_matmul_precision on GPU ("high" enables TF32)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
 
 
 @dataclass
@@ -236,8 +244,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.attention": ATTENTION_CHOICES,
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
     "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
-    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed",
-                         "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "single_device"),
+    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "single_device"),
 }
 
 _POSITIVE = ("data.batch_size", "data.sequence_length.inputs", "data.sequence_length.targets", "trainer.max_steps",

@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_t5.checkpoint import CheckpointError, RunInterrupted, find_last_checkpoint
 from lightning_t5.schema import ConfigError, to_run_config, validate_config
+from lightning_t5.sharding import check_config as check_sharding_config
+from lightning_t5.sharding import full_state_dict, make_strategy, sharding_options
 from lightning_t5.truncation import report_for_run
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ def prepare_config(cfg: Any) -> DictConfig:
     if resume not in (None, "auto"):
         path = Path(resume)
         if path.suffix == ".ckpt":
-            if not path.is_file():
+            if not path.exists():  # a file, or a sharded run's checkpoint directory
                 raise CheckpointError(f"resume={resume!r}: the checkpoint file does not exist.")
             path = path.parent.parent
         if not path.is_dir():
@@ -166,17 +168,18 @@ class RunSetup:
 def _init_weights(model: Any, init_from: str, model_config: Mapping[str, Any], vocab_fingerprint: str) -> None:
     """Initialise `model` from a lightning_t5 checkpoint (.ckpt) or a Hugging Face T5 directory (weights only)."""
     from lightning_t5.checkpoint import check_compatible, load_checkpoint, model_state_dict
+    from lightning_t5.sharded_checkpoint import is_checkpoint, is_complete, load_full_model_state
 
     path = Path(init_from)
-    if path.is_dir() and (path / "last.ckpt").is_file():
+    if path.is_dir() and is_checkpoint(path / "last.ckpt"):
         path = path / "last.ckpt"
     elif path.is_dir() and (path / "checkpoints").is_dir():
         found = find_last_checkpoint(path)
         path = found if found is not None else path
-    if path.is_file():
+    if path.is_file() or is_complete(path):  # a .ckpt file, or a sharded run's checkpoint directory
         ckpt = load_checkpoint(path)
         check_compatible(ckpt, model_config, vocab_fingerprint, path=str(path))
-        model.load_state_dict(model_state_dict(ckpt))
+        model.load_state_dict(model_state_dict({"state_dict": load_full_model_state(path)} if path.is_dir() else ckpt))
     elif path.is_dir():
         from lightning_t5 import T5
 
@@ -237,8 +240,10 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     start = time.time()
     _quiet_known_warnings()
     cfg = resolve_run_config(cfg, overrides)
+    check_sharding_config(cfg)
     setup = RunSetup(cfg)  # every data-free check: a mistake stops here, before any directory or data work
     from lightning_t5.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
+    from lightning_t5.rank_agreement import RankAgreement
 
     _prepare_training_data(cfg, setup)
     truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
@@ -247,7 +252,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     datamodule = _build_datamodule(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
     interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
-    trainer = _build_trainer(cfg, [train_log, interrupt, *callbacks], train_log, evaluates=bool(setup.eval_tasks))
+    agreement = RankAgreement(int(cfg.seed), setup.vocab_fingerprint)  # ranks agree on seed, rates, data, batch
+    trainer = _build_trainer(cfg, [train_log, interrupt, agreement, *callbacks], train_log,
+                             evaluates=bool(setup.eval_tasks))
     created = _create_run_dir(trainer, cfg)
     try:
         before = _evaluate_before_training(trainer, module, datamodule, cfg, setup)
@@ -257,8 +264,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         raise
     after = _evaluate(trainer, module, datamodule)
     result = _result(cfg, trainer, train_log, before, after, start, truncation)
+    export_state = full_state_dict(module.model) if cfg.export_hf else None  # collective under FSDP: every rank
     if trainer.is_global_zero:
-        _write_outputs(cfg, module, result, before, after)
+        _write_outputs(cfg, module, result, before, after, setup.model_config, export_state)
     return result
 
 
@@ -300,6 +308,7 @@ def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
         log_every_n_steps=int(tcfg.log_every_n_steps),
         eval_options={"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": int(cfg.eval.num_beams),
                       "max_target_length": int(cfg.data.sequence_length.targets)},
+        sharding=sharding_options(cfg),
     )
     if cfg.init_from and setup.checkpoint is None:
         _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
@@ -346,7 +355,7 @@ def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog, e
                CSVLogger(str(run_dir), name="csv")]  # csv/version_N per (resumed) session: never overwritten
     every = cfg.eval.every_n_steps
     return pl.Trainer(
-        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=tcfg.strategy,
+        accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=int(tcfg.num_nodes), strategy=make_strategy(tcfg),
         precision=tcfg.precision, max_steps=int(tcfg.max_steps), accumulate_grad_batches=accumulate,
         gradient_clip_val=tcfg.gradient_clip_val, log_every_n_steps=int(tcfg.log_every_n_steps),
         callbacks=all_callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
@@ -419,7 +428,7 @@ def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str
     last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     return {
         "run_dir": str(cfg.run_dir),
-        "checkpoint": str(last) if last.is_file() else None,
+        "checkpoint": str(last) if last.exists() else None,  # a file, or a sharded run's checkpoint directory
         "metrics": (after or {}).get("metrics", {}),
         "averages": (after or {}).get("averages", {}),
         "metrics_before": (before or {}).get("metrics", {}),
@@ -431,13 +440,13 @@ def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str
         "truncation": truncation,
     }
 
-
 def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before: dict[str, Any] | None,
-                   after: dict[str, Any] | None) -> None:
+                   after: dict[str, Any] | None, model_config: Mapping[str, Any],
+                   export_state: dict[str, Any] | None) -> None:
     """predictions/<task>.jsonl, metrics.json, results.md, the results on the console and the optional Hugging Face
-    export."""
+    export (`export_state`: the full weights gathered by every rank, rebuilt on the CPU-safe backend)."""
     from lightning_t5.evaluation import render_run_results, write_predictions
-    from lightning_t5.export import export_model
+    from lightning_t5.export import export_state_dict
 
     run_dir = Path(cfg.run_dir)
     write_predictions(run_dir, after)
@@ -447,7 +456,7 @@ def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before:
     print("\n" + text + "\n")
     print(f"run directory: {run_dir}")
     if cfg.export_hf:
-        export_model(module.model, cfg.export_hf)  # rebuilt on the CPU-safe backend
+        export_state_dict(dict(model_config), export_state, cfg.export_hf)
         print(f"exported Hugging Face model to {cfg.export_hf}")
 
 

@@ -40,3 +40,5 @@ class ExperimentOptions:
     paper: bool = True  # show the T5 paper's numbers beside ours
     seeds: Optional[List[int]] = None  # train every row once per seed; the table shows mean ± std over seeds
     overrides: Dict[str, Any] = field(default_factory=dict)  # run-config overrides applied under every stage
+    executor: str = "local"  # where stages run: local | submitit (SLURM) | submitit_local
+    cluster: Dict[str, Any] = field(default_factory=dict)  # submitit resources: partition, gpus_per_node, nodes, ...

@@ -30,6 +30,7 @@ from lightning_t5.schema import ConfigError
 
 from lightning_t5.evaluation import write_json
 
+from .executors import StageWork, check_executor_options, run_stages
 from .options import ExperimentOptions
 from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
 from .results import build_results, write_results
@@ -269,10 +270,12 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
              "mixtures": {k: list(v) for k, v in plan.mixtures.items()}}, indent=2, allow_nan=False))
 
     context = _context(cfg)
-    results: dict[str, dict[str, Any]] = {}
     fps: dict[str, str] = {}
     started = time.time()
-    for i, stage in enumerate(plan.stages, 1):
+    index = {stage.name: i for i, stage in enumerate(plan.stages, 1)}
+
+    def prepare(stage: Stage, results: Mapping[str, dict[str, Any]]) -> StageWork:
+        i = index[stage.name]
         run_dir = out / stage.run_dir
         fp = fingerprint(stage, fps.get(stage.init_stage) if stage.init_stage else None, context)
         fps[stage.name] = fp
@@ -287,25 +290,32 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
         done = read_finished(run_dir, stage)
         if done is not None:
             log.info("[%d/%d] stage %s: finished earlier, reusing %s", i, len(plan.stages), stage.name, run_dir)
-            results[stage.name] = done
-            continue
+            return StageWork(done=done)
         log.info("[%d/%d] stage %s: %s, %d steps, from %s", i, len(plan.stages), stage.name, stage.mixture,
                  stage.steps, init_from or "scratch")
         print(f"[experiment {plan.name}] stage {i}/{len(plan.stages)}: {stage.name} ({stage.steps} steps on "
               f"{'+'.join(stage.tasks)}, from {stage.init_stage or init_from or 'scratch'})", flush=True)
         t0 = time.time()
-        result = dict(fit_fn(stage_config(cfg, stage, run_dir, init_from)))
-        result.setdefault("wall_time_s", time.time() - t0)
-        if int(result.get("steps") or 0) < stage.steps:
-            # fit returns (and may even write metrics.json) after an interrupted run; never build on it
-            raise RuntimeError(
-                f"stage {stage.name!r} stopped at step {result.get('steps')} of {stage.steps} (interrupted?). Run "
-                "the same command again: finished stages are reused and this one resumes from its last checkpoint."
-            )
-        metrics_path = run_dir / "metrics.json"
-        if rank_zero and not metrics_path.exists():  # fit writes it; keep reuse working if a fit does not
-            write_json(metrics_path, result)
-        results[stage.name] = result
+
+        def finish(result: dict[str, Any]) -> dict[str, Any]:
+            result.setdefault("wall_time_s", time.time() - t0)
+            if int(result.get("steps") or 0) < stage.steps:
+                # fit returns (and may even write metrics.json) after an interrupted run; never build on it
+                raise RuntimeError(
+                    f"stage {stage.name!r} stopped at step {result.get('steps')} of {stage.steps} (interrupted?). "
+                    "Run the same command again: finished stages are reused and this one resumes from its last "
+                    "checkpoint.")
+            metrics_path = run_dir / "metrics.json"
+            if rank_zero and not metrics_path.exists():  # fit writes it; keep reuse working if a fit does not
+                write_json(metrics_path, result)
+            return result
+
+        return StageWork(cfg=stage_config(cfg, stage, run_dir, init_from), finish=finish)
+
+    executor, cluster = check_executor_options(experiment_block(cfg))
+    results, stage_times = run_stages(plan.stages, prepare, fit_fn, executor=executor, cluster=cluster,
+                                      folder=out / "submitit", setup=(lambda: register_mixtures(plan)) if register
+                                      else None)
 
     # Rows not selected in this invocation (experiment_options.rows) still appear with whatever earlier runs of
     # the same experiment folder finished, so the last job of a split sweep writes the whole table.
@@ -325,6 +335,7 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
     if register:
         _add_mixing_rates(table, full)
     table["wall_time_s_this_invocation"] = round(time.time() - started, 3)
+    table["stage_times"] = stage_times  # start/end (unix s) of the stages run now; reused ones are marked
     if rank_zero:
         table["files"] = {k: str(v) for k, v in write_results(table, out).items()}
         print(f"[experiment {plan.name}] results in {out}/results.md", flush=True)

@@ -1,0 +1,195 @@
+"""Where an experiment's stages run: in this process one after another (`local`), or as submitit jobs on SLURM
+(`submitit`) or as local subprocesses (`submitit_local`, submitit's local executor: the same code path as SLURM,
+testable on one machine).
+
+`experiment_options.executor: local | submitit | submitit_local` (default local: the sequential loop the runner has
+always had). With a submitit executor a stage is submitted as soon as the stage it starts from has finished, so
+independent stages run concurrently (e.g. every fine-tune after one pre-training, or all multi-task rows at once).
+`experiment_options.cluster` sets the job resources:
+
+    cluster: {partition: gpu, gpus_per_node: 8, nodes: 1, timeout_min: 1440, cpus_per_task: 8, mem_gb: 200,
+              slurm_additional_parameters: {...}}
+
+`gpus_per_node`/`nodes` also become the stage's `trainer.devices`/`trainer.num_nodes` (one SLURM task per GPU, which
+Lightning's SLURM environment expects). Stage reuse and resume are the runner's (a finished stage is never
+submitted; an interrupted one restarts with `resume=auto`), so re-running the same command after a crash or a job
+timeout continues the experiment. Each stage's start and end times are recorded (`results.json` "stage_times").
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from omegaconf import DictConfig, open_dict
+
+from .plan import ExperimentConfigError, Stage
+
+__all__ = ["EXECUTORS", "StageWork", "run_stages", "check_executor_options"]
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "submitit", "submitit_local")
+_POLL_S = 1.0
+# experiment_options.cluster keys with the same name in submitit's AutoExecutor; `partition` maps to slurm_partition,
+# `slurm_*` keys pass through.
+_GENERIC = ("gpus_per_node", "nodes", "timeout_min", "cpus_per_task", "mem_gb", "tasks_per_node", "name")
+
+
+class StageWork:
+    """What the runner decided for one stage: reuse a finished result, or run `cfg` and hand the result to
+    `finish` (which validates it and returns what dependants read, e.g. the checkpoint path)."""
+
+    def __init__(self, done: Mapping[str, Any] | None = None, cfg: DictConfig | None = None,
+                 finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.done, self.cfg, self.finish = done, cfg, finish
+
+
+def check_executor_options(block: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(`executor`, `cluster`) of an experiment block, validated (ExperimentConfigError naming the key)."""
+    executor = str(block.get("executor") or "local")
+    if executor not in EXECUTORS:
+        raise ExperimentConfigError(f"experiment_options.executor={executor!r} is not valid; choose one of: "
+                                    f"{', '.join(EXECUTORS)}.")
+    if executor != "local" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ExperimentConfigError(f"experiment_options.executor={executor} submits one job per stage and must run in "
+                                    f"a single process (the jobs start their own ranks); do not launch it with "
+                                    f"torchrun/srun over several processes.")
+    cluster = {k: v for k, v in dict(block.get("cluster") or {}).items() if v is not None}  # null: not set
+    unknown = sorted(k for k in cluster if k not in (*_GENERIC, "partition") and not k.startswith("slurm_"))
+    if unknown:
+        raise ExperimentConfigError(f"unknown experiment_options.cluster key(s) {', '.join(unknown)}; valid: "
+                                    f"{', '.join((*_GENERIC, 'partition'))} and slurm_* (submitit's SLURM options).")
+    if cluster and executor == "local":
+        raise ExperimentConfigError("experiment_options.cluster is set but experiment_options.executor=local runs "
+                                    "stages in this process; use executor=submitit (SLURM) or submitit_local.")
+    return executor, cluster
+
+
+def _call_stage(fit_fn: Callable[[DictConfig], Mapping[str, Any]], cfg: DictConfig,
+                setup: Callable[[], None] | None) -> dict[str, Any]:
+    """The job body (runs in the submitit process): register the experiment's mixtures, then train the stage."""
+    if setup is not None:
+        setup()
+    return dict(fit_fn(cfg))
+
+
+def _exception_line(err: BaseException) -> str:
+    """The `SomeError: message` line of a failed job's remote traceback (submitit wraps it in FailedJobError)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    matches = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*", ln)]
+    return matches[-1] if matches else (lines[-1] if lines else type(err).__name__)
+
+
+def _with_resources(cfg: DictConfig, cluster: Mapping[str, Any]) -> DictConfig:
+    if "gpus_per_node" not in cluster and "nodes" not in cluster:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        if "gpus_per_node" in cluster:
+            cfg.trainer.devices = int(cluster["gpus_per_node"])
+            cfg.trainer.accelerator = "gpu" if int(cluster["gpus_per_node"]) > 0 else cfg.trainer.accelerator
+        if "nodes" in cluster:
+            cfg.trainer.num_nodes = int(cluster["nodes"])
+    return cfg
+
+
+def _submitit_executor(kind: str, folder: Path, cluster: Mapping[str, Any]) -> Any:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="local" if kind == "submitit_local" else "slurm")
+    params: dict[str, Any] = {}
+    for key, value in cluster.items():
+        params["slurm_partition" if key == "partition" else key] = value
+    if "gpus_per_node" in cluster and "tasks_per_node" not in cluster:
+        params["tasks_per_node"] = int(cluster["gpus_per_node"]) or 1  # one task per GPU (Lightning on SLURM)
+    params.setdefault("timeout_min", 24 * 60)
+    executor.update_parameters(**params)
+    return executor
+
+
+def run_stages(stages: Sequence[Stage], prepare: Callable[[Stage, Mapping[str, dict[str, Any]]], StageWork],
+               fit_fn: Callable[[DictConfig], Mapping[str, Any]], *, executor: str = "local",
+               cluster: Mapping[str, Any] | None = None, folder: Path | None = None,
+               setup: Callable[[], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    """Run `stages` (plan order; a stage depends on its `init_stage`) and return (results by stage name,
+    stage_times: {stage: {"start", "end" (unix seconds), "reused"}})."""
+    if executor == "local":
+        return _run_local(stages, prepare, fit_fn)
+    if folder is None:
+        raise ValueError("a submitit executor needs a folder for its job files")
+    return _run_submitit(stages, prepare, fit_fn, _submitit_executor(executor, folder, cluster or {}),
+                         cluster or {}, setup)
+
+
+def _run_local(stages: Sequence[Stage], prepare: Callable[..., StageWork], fit_fn: Callable[..., Any]
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    results: dict[str, dict[str, Any]] = {}
+    times: dict[str, dict] = {}
+    for stage in stages:
+        work = prepare(stage, results)
+        if work.done is not None:
+            results[stage.name] = dict(work.done)
+            times[stage.name] = {"reused": True}
+            continue
+        start = time.time()
+        result = dict(fit_fn(work.cfg))
+        times[stage.name] = {"start": start, "end": time.time(), "reused": False}
+        results[stage.name] = work.finish(result) if work.finish else result
+    return results, times
+
+
+def _run_submitit(stages: Sequence[Stage], prepare: Callable[..., StageWork], fit_fn: Callable[..., Any],
+                  executor: Any, cluster: Mapping[str, Any], setup: Callable[[], None] | None
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    results: dict[str, dict[str, Any]] = {}
+    times: dict[str, dict] = {}
+    pending = list(stages)
+    running: dict[str, tuple[Any, StageWork]] = {}
+    error: BaseException | None = None
+    while pending or running:
+        if error is None:  # submit every stage whose starting point is finished
+            for stage in [s for s in pending if s.init_stage is None or s.init_stage in results]:
+                pending.remove(stage)
+                work = prepare(stage, results)
+                if work.done is not None:
+                    results[stage.name] = dict(work.done)
+                    times[stage.name] = {"reused": True}
+                    continue
+                job = executor.submit(_call_stage, fit_fn, _with_resources(work.cfg, cluster), setup)
+                times[stage.name] = {"start": time.time(), "reused": False, "job_id": str(job.job_id)}
+                running[stage.name] = (job, work)
+                log.info("stage %s submitted as job %s", stage.name, job.job_id)
+                print(f"[experiment] stage {stage.name}: submitted (job {job.job_id})", flush=True)
+        elif not running:
+            break
+        if error is None and pending and not running and not any(
+                s.init_stage is None or s.init_stage in results for s in pending):
+            raise ExperimentConfigError(f"stages {[s.name for s in pending]} wait for stages that never run")
+        for name, (job, work) in list(running.items()):
+            if not job.done():
+                continue
+            del running[name]
+            try:
+                result = dict(job.result())
+            except Exception as err:  # noqa: BLE001 - reported after the running jobs end
+                log.error("stage %s (job %s) failed: %s", name, job.job_id, err)
+                error = error or RuntimeError(f"stage {name!r} failed in job {job.job_id} ({_exception_line(err)}; "
+                                              f"log: {job.paths.stderr}). Run the same command again: finished "
+                                              f"stages are reused and interrupted ones resume.")
+                continue
+            times[name]["end"] = time.time()
+            try:
+                results[name] = work.finish(result) if work.finish else result
+            except Exception as err:  # noqa: BLE001 - e.g. an interrupted stage
+                error = error or err
+        if running:
+            time.sleep(_POLL_S)
+    if error is not None:
+        raise error
+    return results, times
