@@ -9,7 +9,8 @@ all-gathers one small record per rank and stops with a ConfigError naming the fi
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

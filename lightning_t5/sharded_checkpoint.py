@@ -18,8 +18,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["MARKER", "META", "rank_state_file", "partial_dir", "finalize", "is_complete", "is_checkpoint", "load_meta",
-           "load_full_model_state"]
+__all__ = [
+    "MARKER",
+    "META",
+    "finalize",
+    "is_checkpoint",
+    "is_complete",
+    "load_full_model_state",
+    "load_meta",
+    "partial_dir",
+    "rank_state_file",
+]
 
 MARKER = "COMPLETE"
 META = "meta.pt"  # lightning_fabric.utilities.load._METADATA_FILENAME
@@ -92,7 +101,9 @@ def load_full_model_state(path: Path) -> dict[str, torch.Tensor]:
     """The full, unsharded `state_dict` (LightningModule keys, `model.` prefix) of a checkpoint directory, read on
     one process without a process group (DCP re-assembles the shards of every rank)."""
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    from torch.distributed.checkpoint.state_dict_loader import (
+        _load_state_dict_from_keys,
+    )
 
     from lightning_t5.checkpoint import CheckpointError
 

@@ -30,17 +30,30 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 
-__all__ = ["SHARDED_STRATEGIES", "SHARDED_OPTIMIZERS", "META_INIT_MIN_PARAMS", "ShardedStrategy", "check_config",
-           "sharding_options", "make_strategy", "build_model", "shard_model", "gather_root", "reshard_root",
-           "full_state_dict", "local_numel"]
+__all__ = [
+    "META_INIT_MIN_PARAMS",
+    "SHARDED_OPTIMIZERS",
+    "SHARDED_STRATEGIES",
+    "ShardedStrategy",
+    "build_model",
+    "check_config",
+    "full_state_dict",
+    "gather_root",
+    "local_numel",
+    "make_strategy",
+    "reshard_root",
+    "shard_model",
+    "sharding_options",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +137,11 @@ class ShardedStrategy(ModelParallelStrategy):
         super().setup(trainer)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        from lightning_t5.sharded_checkpoint import finalize, partial_dir, rank_state_file
+        from lightning_t5.sharded_checkpoint import (
+            finalize,
+            partial_dir,
+            rank_state_file,
+        )
 
         path = Path(self.broadcast(str(filepath)))
         tmp = partial_dir(path)
@@ -239,7 +256,10 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     if not isinstance(model, FSDPModule):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 

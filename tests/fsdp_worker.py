@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_train_helpers import compose_config  # noqa: E402
+from test_train_helpers import compose_config
 
-from lightning_t5.sharding import local_numel  # noqa: E402
-from lightning_t5.training import fit  # noqa: E402
+from lightning_t5.sharding import local_numel
+from lightning_t5.training import fit
 
 
 class MeasureShards(pl.Callback):

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_train_helpers import CONFIG_DIR, FAST, compose_config, read_losses
 
 REPO = Path(CONFIG_DIR).parent
@@ -38,7 +37,7 @@ def _train_cmd(out: Path, name: str, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -227,9 +226,10 @@ def test_rank_agreement_names_the_key_that_differs(key: str, value, message: str
 
 
 def test_rank_record_reads_the_run(tmp_path: Path) -> None:
+    from test_train_helpers import TEST_MIXTURE
+
     from lightning_t5.data import MixtureDataModule
     from lightning_t5.rank_agreement import rank_record
-    from test_train_helpers import TEST_MIXTURE
 
     data = {"sequence_length": {"inputs": 64, "targets": 16}, "batch_size": 4, "pack": False}
     dm = MixtureDataModule(TEST_MIXTURE, data=data, mixing={}, seed=7)
@@ -244,7 +244,7 @@ def test_rank_record_reads_the_run(tmp_path: Path) -> None:
 def test_two_process_run_with_mismatched_seeds_stops_before_training(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path), "--seed-per-rank", *EXTRA, *SHARDED]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "Ranks disagree on 'seed': rank 0 has 40, rank 1 has 41" in proc.stderr
     assert not (tmp_path / "measured" / "train_log.jsonl").exists() or not read_losses(tmp_path / "measured")

@@ -23,14 +23,15 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 from .plan import ExperimentConfigError, Stage
 
-__all__ = ["EXECUTORS", "StageWork", "run_stages", "check_executor_options"]
+__all__ = ["EXECUTORS", "StageWork", "check_executor_options", "run_stages"]
 
 log = logging.getLogger(__name__)
 
