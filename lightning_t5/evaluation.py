@@ -10,13 +10,22 @@ index before scoring, so DDP evaluation scores the same examples, in the same or
 
 from __future__ import annotations
 
+import collections
 import itertools
+import json
+import logging
 import math
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from lightning_t5.stats import LEVEL, N_RESAMPLES, bootstrap_ci, json_safe
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "TaskEvaluator",
@@ -26,7 +35,17 @@ __all__ = [
     "benchmark_averages",
     "format_metrics_table",
     "gather_predictions",
+    "evaluate_predictions",
+    "majority_prediction",
+    "write_predictions",
+    "eval_details",
+    "render_run_results",
+    "write_json",
+    "MAJORITY_TRAIN_EXAMPLES",
 ]
+
+# Training examples read to find a task's majority class (label distribution of the train split).
+MAJORITY_TRAIN_EXAMPLES = 100_000
 
 
 class EvalDataset(torch.utils.data.Dataset):
@@ -91,6 +110,10 @@ class TaskEvaluator:
         limit = self.max_input_length - 1  # room for EOS
         self.inputs = [np.asarray(list(ids[:limit]) + [vocab.eos_id], dtype=np.int64) for ids in encoded]
         self.targets = [task.postprocess(ex["targets"], example=ex, is_target=True) for ex in self.examples]
+        # target lengths in tokens incl. EOS: what generation must be allowed to produce (eval.max_new_tokens)
+        self.target_lengths = np.array([len(ids) + 1 for ids in vocab.encode_batch([ex["targets"] for ex in
+                                                                                    self.examples])])
+        self.max_new_tokens: int | None = None  # the generation length used (set by `generation_length`)
         choices = getattr(task, "label_choices", None) if self.rank_classification else None
         if choices:
             ids = [list(c) + [vocab.eos_id] for c in vocab.encode_batch(list(choices))]
@@ -109,12 +132,30 @@ class TaskEvaluator:
         return EvalDataset(self.inputs, rank, world_size)
 
     # ----------------------------------------------------------------------------------------------------------
+    def generation_length(self, max_new_tokens: int | None, target_cap: int | None = None) -> int:
+        """Tokens to generate: `max_new_tokens`, or when None the longest target of the evaluation examples
+        (capped by `target_cap`, the training target length). An explicit value shorter than some targets is
+        allowed but warned about once, with the share of targets it cuts."""
+        if self.max_new_tokens is None:
+            longest = int(self.target_lengths.max())
+            if max_new_tokens is None:
+                self.max_new_tokens = min(longest, int(target_cap)) if target_cap else longest
+            else:
+                self.max_new_tokens = int(max_new_tokens)
+                cut = float((self.target_lengths > self.max_new_tokens).mean())
+                if cut > 0:
+                    log.warning("%s/%s: eval.max_new_tokens=%d is shorter than %.1f%% of the targets (longest %d "
+                                "tokens incl. EOS): those predictions are cut; set eval.max_new_tokens=null to derive "
+                                "it from the targets", self.name, self.split, self.max_new_tokens, 100 * cut, longest)
+        return self.max_new_tokens
+
     @torch.no_grad()
-    def predict(self, model: Any, batch: Mapping[str, torch.Tensor], *, max_new_tokens: int, num_beams: int = 1
-                ) -> list[tuple[int, Any, Any]]:
-        """(example index, postprocessed generated prediction, postprocessed rank-classification prediction)."""
+    def predict(self, model: Any, batch: Mapping[str, torch.Tensor], *, max_new_tokens: int | None = None,
+                num_beams: int = 1, target_cap: int | None = None) -> list[tuple[int, Any, Any, str]]:
+        """(example index, postprocessed generated prediction, postprocessed rank-classification prediction,
+        generated text before postprocessing)."""
         out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
-                             max_new_tokens=max_new_tokens, num_beams=num_beams)
+                             max_new_tokens=self.generation_length(max_new_tokens, target_cap), num_beams=num_beams)
         vocab = self.task.vocabulary
         indices = batch["index"].tolist()
         texts = [vocab.decode(row) for row in out.tolist()]
@@ -124,7 +165,7 @@ class TaskEvaluator:
             example = self.examples[index]
             pred = self.task.postprocess(text, example=example, is_target=False)
             rank_pred = None if choice is None else self.task.postprocess(choice, example=example, is_target=False)
-            results.append((index, pred, rank_pred))
+            results.append((index, pred, rank_pred, text))
         return results
 
     @torch.no_grad()
@@ -154,8 +195,8 @@ class TaskEvaluator:
         scores = (logp * (tgt != 0)).sum(-1).view(-1, n_choices)
         return [self.choices[i] for i in scores.argmax(-1).tolist()]
 
-    def compute(self, predictions: Mapping[int, tuple[Any, Any]]) -> dict[str, float]:
-        """Task metrics over all examples (`predictions`: index -> (generated, rank-classified)).
+    def compute(self, predictions: Mapping[int, tuple[Any, ...]]) -> dict[str, float]:
+        """Task metrics over all examples (`predictions`: index -> (generated, rank-classified[, text])).
 
         Rank-classification metrics are reported with a `rank_` prefix, next to the generation metrics.
         """
@@ -169,6 +210,49 @@ class TaskEvaluator:
             ranked = self.task.compute_metrics(self.targets, [predictions[i][1] for i in order])
             metrics.update({f"rank_{k}": float(v) for k, v in ranked.items()})
         return metrics
+
+    def confidence_intervals(self, predictions: Mapping[int, tuple[Any, ...]]) -> dict[str, list[float | None]]:
+        """{metric: [lo, hi]}: 95 % percentile-bootstrap interval of each metric over the evaluation examples."""
+        order = range(len(self.examples))
+        fns = self.task.metric_fns
+        out = {k: v["ci"] for k, v in bootstrap_ci(fns, self.targets, [[predictions[i][0] for i in order]]).items()}
+        if self.choice_ids is not None:
+            ranked = bootstrap_ci(fns, self.targets, [[predictions[i][1] for i in order]])
+            out.update({f"rank_{k}": v["ci"] for k, v in ranked.items()})
+        return out
+
+    def majority(self) -> dict[str, Any] | None:
+        """The constant-prediction reference: the train split's most frequent target, predicted for every example
+        and scored with the task's own metrics ({"prediction", "metrics"}); None without a train split. Cached."""
+        if not hasattr(self, "_majority"):
+            self._majority = None
+            label = majority_prediction(self.task)
+            if label is not None:
+                preds = [self.task.postprocess(label, example=ex, is_target=False) for ex in self.examples]
+                self._majority_predictions = preds
+                with warnings.catch_warnings():  # a constant prediction has no correlation: NaN, reported as null
+                    warnings.simplefilter("ignore")
+                    metrics = {k: float(v) for k, v in self.task.compute_metrics(self.targets, preds).items()}
+                if self.choice_ids is not None:
+                    metrics.update({f"rank_{k}": v for k, v in list(metrics.items())})
+                self._majority = {"prediction": label, "metrics": metrics}
+        return self._majority
+
+    def records(self, predictions: Mapping[int, tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """One JSON-able row per example: inputs, raw target, postprocessed target and predictions."""
+        rows = []
+        for i, ex in enumerate(self.examples):
+            pred = predictions[i]
+            row = {"index": i, "inputs": ex["inputs"], "targets": ex["targets"], "target": self.targets[i],
+                   "prediction": pred[0]}
+            if len(pred) > 2:
+                row["generated"] = pred[2]
+            if self.choice_ids is not None:
+                row["rank_prediction"] = pred[1]
+            if getattr(self, "_majority_predictions", None) is not None:
+                row["majority_prediction"] = self._majority_predictions[i]
+            rows.append(row)
+        return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,41 +286,172 @@ def benchmark_averages(metrics: Mapping[str, Mapping[str, float]], benchmarks: M
 def format_metrics_table(after: Mapping[str, Mapping[str, float]],
                          before: Mapping[str, Mapping[str, float]] | None = None,
                          averages: Mapping[str, float] | None = None,
-                         averages_before: Mapping[str, float] | None = None) -> str:
-    """A Markdown table: one row per (task, metric), with the step-0 value when `before` is given."""
-    header = "| task | metric | before | after |\n|---|---|---:|---:|" if before is not None else \
-        "| task | metric | value |\n|---|---|---:|"
-    rows = [header]
+                         averages_before: Mapping[str, float] | None = None,
+                         ci: Mapping[str, Mapping[str, Sequence[float | None]]] | None = None,
+                         counts: Mapping[str, int] | None = None,
+                         majority: Mapping[str, Mapping[str, Any] | None] | None = None) -> str:
+    """A Markdown table: one row per (task, metric), with the step-0 value when `before` is given, the evaluation
+    example count `n`, the 95 % bootstrap interval, and the majority-class score with a flag when the score does
+    not beat it (a model that learned nothing scores exactly that)."""
+    head = [("task", "---"), ("metric", "---")]
+    head += [("n", "---:")] if counts is not None else []
+    head += [("before", "---:")] if before is not None else []
+    head += [("after" if before is not None else "value", "---:")]
+    head += [("95% CI", "---:")] if ci is not None else []
+    head += [("majority class", "---:"), ("", "---")] if majority is not None else []
+    rows = ["| " + " | ".join(h for h, _ in head) + " |", "|" + "|".join(a for _, a in head) + "|"]
 
     def fmt(v: float | None) -> str:
         return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
     for task in sorted(after):
+        maj = ((majority or {}).get(task) or {}).get("metrics", {})
         for metric in sorted(after[task]):
+            value = after[task][metric]
+            cells = [task, metric]
+            if counts is not None:
+                cells.append(str(counts.get(task, "—")))
             if before is not None:
-                rows.append(f"| {task} | {metric} | {fmt(before.get(task, {}).get(metric))} | {fmt(after[task][metric])} |")
-            else:
-                rows.append(f"| {task} | {metric} | {fmt(after[task][metric])} |")
+                cells.append(fmt(before.get(task, {}).get(metric)))
+            cells.append(fmt(value))
+            if ci is not None:
+                lo, hi = (list((ci.get(task) or {}).get(metric) or [None, None]) + [None, None])[:2]
+                cells.append(f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None else "—")
+            if majority is not None:
+                m = maj.get(metric)
+                m = None if m is None or (isinstance(m, float) and math.isnan(m)) else m
+                cells.append(fmt(m))
+                beaten = m is None or value is None or math.isnan(value) or value > m + 1e-9
+                cells.append("" if beaten else "**≤ majority**")
+            rows.append("| " + " | ".join(cells) + " |")
+    pad = (1 if counts is not None else 0)
     for name, value in (averages or {}).items():
+        cells = ["**average**", name] + [""] * pad
         if before is not None:
-            rows.append(f"| **average** | {name} | {fmt((averages_before or {}).get(name))} | {fmt(value)} |")
-        else:
-            rows.append(f"| **average** | {name} | {fmt(value)} |")
+            cells.append(fmt((averages_before or {}).get(name)))
+        cells.append(fmt(value))
+        cells += [""] * (len(head) - len(cells))
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def gather_predictions(local: Mapping[str, list[tuple[int, Any, Any]]]) -> dict[str, dict[int, tuple[Any, Any]]]:
-    """Merge every rank's (index, prediction, rank prediction) lists (all_gather_object under torch.distributed)."""
-    parts: list[Mapping[str, list[tuple[int, Any, Any]]]] = [local]
+def majority_prediction(task: Any, split: str = "train", limit: int = MAJORITY_TRAIN_EXAMPLES) -> str | None:
+    """The most frequent target string of `task`'s `split` (first `limit` examples); None without that split.
+
+    This is the constant prediction a model that learned only the label distribution makes; scoring it with the
+    task's metrics gives the chance level that every trained score must beat."""
+    if split not in getattr(task, "splits", []):
+        return None
+    key = (task.name, id(task), split, limit)  # an experiment evaluates the same task in many stages of one process
+    if key not in _MAJORITY_CACHE:
+        counts = collections.Counter(ex["targets"] for ex in itertools.islice(task.text_examples(split), limit))
+        _MAJORITY_CACHE[key] = counts.most_common(1)[0][0] if counts else None
+    return _MAJORITY_CACHE[key]
+
+
+_MAJORITY_CACHE: dict[tuple[Any, ...], str | None] = {}
+
+
+def evaluate_predictions(evaluators: Sequence[TaskEvaluator], merged: Mapping[str, Mapping[int, tuple[Any, ...]]],
+                         step: int) -> dict[str, Any]:
+    """Metrics, benchmark averages, bootstrap intervals, example counts, majority-class scores and per-example
+    records of one evaluation (what `T5LightningModule.last_eval` holds)."""
+    metrics = {ev.name: ev.compute(merged.get(ev.name, {})) for ev in evaluators}
+    averages = benchmark_averages(metrics, {ev.name: ev.benchmark for ev in evaluators})
+    majority: dict[str, Any] = {}
+    for ev in evaluators:
+        try:
+            majority[ev.name] = ev.majority()
+        except Exception as err:  # a reference value must never fail an evaluation
+            log.warning("majority class of %s not computed: %s", ev.name, err)
+            majority[ev.name] = None
+    return {
+        "step": step, "metrics": metrics, "averages": averages,
+        "ci": {ev.name: ev.confidence_intervals(merged.get(ev.name, {})) for ev in evaluators},
+        "num_examples": {ev.name: len(ev.examples) for ev in evaluators},
+        "max_new_tokens": {ev.name: ev.max_new_tokens for ev in evaluators},
+        "split": evaluators[0].split if evaluators else None,
+        "majority": majority,
+        "records": {ev.name: ev.records(merged.get(ev.name, {})) for ev in evaluators},
+    }
+
+
+def eval_details(after: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The result-dict fields of an evaluation besides the metrics (written into metrics.json)."""
+    after = after or {}
+    return {"ci": after.get("ci", {}), "ci_level": LEVEL, "ci_resamples": N_RESAMPLES,
+            "num_examples": after.get("num_examples", {}), "eval_split": after.get("split"),
+            "max_new_tokens": after.get("max_new_tokens", {}),
+            "majority": after.get("majority", {})}
+
+
+def write_predictions(run_dir: str | Path, evaluation: Mapping[str, Any] | None) -> list[Path]:
+    """`<run_dir>/predictions/<task>.jsonl`: inputs, targets and predictions of every evaluated example."""
+    paths = []
+    for task, rows in ((evaluation or {}).get("records") or {}).items():
+        path = Path(run_dir) / "predictions" / f"{task}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(json_safe(row), allow_nan=False, default=str) + "\n")
+        paths.append(path)
+    return paths
+
+
+def read_predictions(run_dir: str | Path, task: str) -> list[dict[str, Any]] | None:
+    """The rows `write_predictions` wrote for `task`, or None when the run has none."""
+    path = Path(run_dir) / "predictions" / f"{task}.jsonl"
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Standard JSON (NaN/inf written as null, `allow_nan=False`), written atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False, default=str))
+    tmp.replace(path)
+
+
+def render_run_results(cfg: Any, result: Mapping[str, Any], with_before: bool) -> str:
+    """results.md of one run: header with the real evaluation counts, the metrics table, truncation report."""
+    counts = result.get("num_examples") or {}
+    count_text = ", ".join(f"{t} {n}" for t, n in sorted(counts.items())) or "none"
+    header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
+              f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
+              f"Metrics on the {result.get('eval_split') or cfg.eval.split} split ({count_text} examples), with "
+              f"95 % bootstrap intervals over the examples ({N_RESAMPLES} resamples); \"majority class\" is the "
+              "score of always predicting the train split's most frequent target (before = the untrained model at "
+              "step 0; `rank_*` = rank classification).\n\n")
+    table = format_metrics_table(result["metrics"], result["metrics_before"] if with_before else None,
+                                 result["averages"], result["averages_before"] if with_before else None,
+                                 ci=result.get("ci") or {}, counts=counts, majority=result.get("majority") or {})
+    gen = result.get("max_new_tokens") or {}
+    gen_text = ("\nGenerated up to " + ", ".join(f"{t} {n}" for t, n in sorted(gen.items())) + " tokens per task "
+                f"(eval.max_new_tokens={cfg.eval.max_new_tokens}; null = each task's longest target).\n") if gen else ""
+    text = header + table + "\n" + gen_text
+    trunc = result.get("truncation")
+    if trunc:
+        from lightning_t5.truncation import render_truncation
+
+        text += "\n" + render_truncation(trunc) + "\n"
+    return text
+
+
+def gather_predictions(local: Mapping[str, list[tuple[Any, ...]]]) -> dict[str, dict[int, tuple[Any, ...]]]:
+    """Merge every rank's (index, prediction, rank prediction[, text]) lists (all_gather_object under
+    torch.distributed)."""
+    parts: list[Mapping[str, list[tuple[Any, ...]]]] = [local]
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, dict(local))
         parts = gathered
-    merged: dict[str, dict[int, tuple[Any, Any]]] = {}
+    merged: dict[str, dict[int, tuple[Any, ...]]] = {}
     for part in parts:
         for task, rows in part.items():
             bucket = merged.setdefault(task, {})
-            for index, pred, rank_pred in rows:
-                bucket[int(index)] = (pred, rank_pred)
+            for index, *rest in rows:
+                bucket[int(index)] = tuple(rest)
     return merged
 

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from lightning_t5.evaluation import benchmark_averages, gather_predictions
+from lightning_t5.evaluation import evaluate_predictions, gather_predictions
 
 __all__ = ["T5LightningModule", "token_losses", "weighted_loss_sum", "lr_lambda", "build_optimizer",
            "NonFiniteLossError"]
@@ -211,8 +211,9 @@ class T5LightningModule(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         evaluator = self._evaluators()[dataloader_idx]
-        rows = evaluator.predict(self.model, batch, max_new_tokens=int(self.eval_options.get("max_new_tokens", 16)),
-                                 num_beams=int(self.eval_options.get("num_beams", 1)))
+        rows = evaluator.predict(self.model, batch, max_new_tokens=self.eval_options.get("max_new_tokens"),
+                                 num_beams=int(self.eval_options.get("num_beams", 1)),
+                                 target_cap=self.eval_options.get("max_target_length"))
         self._val_predictions.setdefault(evaluator.name, []).extend(rows)
 
     def on_validation_epoch_end(self) -> None:
@@ -221,9 +222,8 @@ class T5LightningModule(pl.LightningModule):
             return
         local = {ev.name: self._val_predictions.get(ev.name, []) for ev in evaluators}
         merged = gather_predictions(local)
-        metrics = {ev.name: ev.compute(merged.get(ev.name, {})) for ev in evaluators}
-        averages = benchmark_averages(metrics, {ev.name: ev.benchmark for ev in evaluators})
-        self.last_eval = {"step": int(self.trainer.global_step), "metrics": metrics, "averages": averages}
+        self.last_eval = evaluate_predictions(evaluators, merged, int(self.trainer.global_step))
+        metrics, averages = self.last_eval["metrics"], self.last_eval["averages"]
         for task, values in metrics.items():
             for key, value in values.items():
                 self.log(f"{task}/{key}", float(value), batch_size=1, rank_zero_only=True)

@@ -162,7 +162,7 @@ class EvalConfig:
     split: str = "validation"
     max_examples: Optional[int] = 128  # per task; None = the whole split
     batch_size: int = 64
-    max_new_tokens: int = 16
+    max_new_tokens: Optional[int] = None  # None: each task's longest eval target (capped by data.sequence_length.targets)
     num_beams: int = 1
     rank_classification: bool = True  # also score each label string by likelihood (classification tasks)
     before_training: bool = True  # evaluate the initial model (step 0) for a before/after comparison
@@ -225,7 +225,7 @@ class RunConfig:
     run_name: Optional[str] = None  # None: a timestamp
     run_dir: Optional[str] = None  # None: ${output_dir}/${run_name}
     experiment: Optional[str] = None
-    experiment_options: Dict[str, Any] = field(default_factory=dict)  # free-form knobs for lightning_t5.experiments
+    experiment_options: Any = None  # replaced by lightning_t5.experiments.options.ExperimentOptions
     # configs/objective/*.yaml: the pretraining objective of the mixture's corpus tasks, e.g.
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
@@ -238,10 +238,13 @@ def build_schema() -> type:
     """`RunConfig` with its `model` and `mixing` sections generated from the consuming dataclasses (cached)."""
     global _SCHEMA
     if _SCHEMA is None:
+        from lightning_t5.experiments.options import ExperimentOptions
+
         model, mixing = _model_schema(), _mixing_schema()
         _SCHEMA = dataclasses.make_dataclass(
             "RunConfigSchema",
-            [("model", model, field(default_factory=model)), ("mixing", mixing, field(default_factory=mixing))],
+            [("model", model, field(default_factory=model)), ("mixing", mixing, field(default_factory=mixing)),
+             ("experiment_options", ExperimentOptions, field(default_factory=ExperimentOptions))],
             bases=(RunConfig,),
         )
     return _SCHEMA
@@ -269,7 +272,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 
 _POSITIVE = ("data.batch_size", "data.sequence_length.inputs", "data.sequence_length.targets", "trainer.max_steps",
              "trainer.accumulate_grad_batches", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
-             "eval.batch_size", "eval.max_new_tokens", "eval.num_beams")
+             "eval.batch_size", "eval.num_beams")
 
 
 def to_run_config(cfg: Any) -> DictConfig:
@@ -318,6 +321,9 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} is not valid: it must be positive.")
     if cfg.optim.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps!r} must be >= 0.")
+    if cfg.eval.max_new_tokens is not None and cfg.eval.max_new_tokens <= 0:
+        raise ConfigError(f"eval.max_new_tokens={cfg.eval.max_new_tokens!r} must be positive or null (derived from "
+                          "each task's target lengths).")
     if cfg.eval.max_examples is not None and cfg.eval.max_examples <= 0:
         raise ConfigError(f"eval.max_examples={cfg.eval.max_examples!r} must be positive or null (whole split).")
     if cfg.data.num_workers < 0:

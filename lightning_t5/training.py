@@ -167,9 +167,9 @@ def _init_weights(model: Any, init_from: str, model_config: Mapping[str, Any], v
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    from lightning_t5.evaluation import write_json
+
+    write_json(path, payload)  # standard JSON: NaN -> null
 
 
 def _quiet_known_warnings() -> None:
@@ -195,8 +195,9 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     from lightning_t5.callbacks import RngState, StepCheckpoint, TrainLog, TrainProgressBar
     from lightning_t5.checkpoint import AtomicCheckpointIO
     from lightning_t5.data import MixtureDataModule
-    from lightning_t5.evaluation import format_metrics_table
+    from lightning_t5.evaluation import eval_details, render_run_results, write_predictions
     from lightning_t5.module import T5LightningModule
+    from lightning_t5.truncation import report_for_run
 
     start = time.time()
     _quiet_known_warnings()
@@ -206,6 +207,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     cfg = prepare_config(cfg)
     setup = RunSetup(cfg)
     run_dir = Path(cfg.run_dir)
+    truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
     tcfg = cfg.trainer
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -218,7 +220,8 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         model_config=setup.model_config, optim=_plain(cfg.optim), task_names=setup.task_names,
         total_steps=total_steps, vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
-        eval_options={"max_new_tokens": int(cfg.eval.max_new_tokens), "num_beams": int(cfg.eval.num_beams)},
+        eval_options={"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": int(cfg.eval.num_beams),
+                      "max_target_length": int(cfg.data.sequence_length.targets)},
     )
     if cfg.init_from and setup.checkpoint is None:
         _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
@@ -262,7 +265,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         trainer.validate(module, datamodule=datamodule, verbose=False)
         before = module.last_eval
         if trainer.is_global_zero and before is not None:
-            _write_json(before_path, before)
+            _write_json(before_path, {k: v for k, v in before.items() if k != "records"})
     elif before_path.is_file():
         before = json.loads(before_path.read_text())
 
@@ -287,17 +290,15 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         "steps": int(trainer.global_step),
         "tokens": int(train_log.tokens),
         "wall_time_s": round(time.time() - start, 2),
+        **eval_details(after),
+        "truncation": truncation,
     }
     if trainer.is_global_zero:
+        write_predictions(run_dir, after)
         _write_json(run_dir / "metrics.json", result)
-        table = format_metrics_table(result["metrics"], result["metrics_before"] if before else None,
-                                     result["averages"], result["averages_before"] if before else None)
-        header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
-                  f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
-                  f"Metrics on up to {cfg.eval.max_examples or 'all'} {cfg.eval.split} examples per task "
-                  f"(before = the untrained model at step 0; `rank_*` = rank classification).\n\n")
-        (run_dir / "results.md").write_text(header + table + "\n")
-        print("\n" + table + "\n")
+        text = render_run_results(cfg, result, with_before=before is not None)
+        (run_dir / "results.md").write_text(text)
+        print("\n" + text + "\n")
         print(f"run directory: {run_dir}")
         if cfg.export_hf:
             module.model.save_hf(str(cfg.export_hf))

@@ -28,14 +28,31 @@ def test_strategies_tiny_end_to_end_and_rerun_reuses(tmp_path):
     out = tmp_path / "strategies_tiny"
     results = json.loads((out / "results.json").read_text())
     assert [r["key"] for r in results["rows"]] == ["pretrain_finetune", "multitask", "multitask_pretrain_finetune",
-                                                    "leave_one_out", "supervised_pretrain_finetune", "mtdnn"]
+                                                    "leave_one_out", "supervised_pretrain_finetune", "mtdnn",
+                                                    "no_pretraining"]
     assert all(r["status"] == "done" for r in results["rows"])
     for row in results["rows"]:
         assert set(row["metrics"]) == {"glue_rte", "super_glue_cb"}
-        assert row["budget_steps_per_task"] == {"glue_rte": 6, "super_glue_cb": 6}
+        budget = 2 if row["key"] == "no_pretraining" else 6  # no pre-training: the M fine-tuning steps only
+        assert row["budget_steps_per_task"] == {"glue_rte": budget, "super_glue_cb": budget}
         assert row["compute"]["tokens"] > 0 and row["compute"]["wall_time_s"] > 0
+        assert row["num_examples"] == {"glue_rte": 8, "super_glue_cb": 8}
+        # intervals from the per-example predictions, and a paired test against the baseline for every other row
+        for task, metrics in row["metrics"].items():
+            for metric, value in metrics.items():
+                lo, hi = row["ci"][task][metric]
+                assert lo <= value <= hi
+        lo, hi = row["averages_ci"]["overall"]
+        assert lo <= row["averages"]["overall"] <= hi
+        if row["key"] != "pretrain_finetune":
+            assert 0 < row["vs_baseline"]["p_holm"] <= 1 and "significant" in row["vs_baseline"]
+    assert results["baseline"] == "pretrain_finetune" and results["majority"]["metrics"]["glue_rte"]["accuracy"] > 0
+    assert results["rows"][-1]["paper"]["glue"] == 66.22  # Table 1's no-pre-training row beside ours
+    assert "pairs_not_separable" in results["ordering"]
+    md = (out / "results.md").read_text()
+    assert "Majority class (reference)" in md and "(n=8)" in md and "vs pretrain_finetune" in md
     with open(out / "results.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
+        assert [r["key"] for r in csv.DictReader(f)][-1] == "majority_class"
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     # every stage's own run folder, with the checkpoint the next stage started from
     ft = json.loads((out / "stages" / "pretrain__ft_glue_rte" / "stage.json").read_text())

@@ -84,6 +84,12 @@ def test_every_strategy_stage_plan(name):
         assert ft.init_stage == "mtdnn_mt" and mtdnn.steps + ft.steps == m
     assert all(s.granularity == "example" for s in plan.stages if s.name != "mtdnn_mt")
 
+    # (7) no pre-training (the paper's Table 1 reference): each task alone for M steps from random weights.
+    for t in tasks:
+        ft = plan.stage(rows["no_pretraining"].eval_stage[t])
+        assert (ft.init_stage, ft.init_checkpoint, ft.tasks, ft.steps) == (None, None, (t,), m)
+        assert ft.optim == opts["finetune_optim"] and ft.eval_tasks == (t,)
+
     # The shared pre-training is planned once, and every stage comes after the one it starts from.
     names = [s.name for s in plan.stages]
     assert names.count("pretrain") == 1 and len(names) == len(set(names))
@@ -91,7 +97,8 @@ def test_every_strategy_stage_plan(name):
         if s.init_stage:
             assert names.index(s.init_stage) < i
         assert s.run_dir == f"stages/{s.name}"
-    assert len(plan.stages) == 5 + 6 * len(tasks)  # 5 shared roots, 5 per-task stages + 1 leave-one-out root per task
+    # 5 shared roots; per task: 6 fine-tuning stages + 1 leave-one-out root
+    assert len(plan.stages) == 5 + 7 * len(tasks)
 
 
 def test_full_presets_use_the_paper_settings():
@@ -113,7 +120,9 @@ def test_budget_is_equal_across_rows(name):
     plan = make_plan(preset(name))
     budget = plan.pretrain_steps + plan.finetune_steps
     seen = list(iter_task_budgets(plan))
-    assert seen and all(steps == budget for _, _, steps in seen), seen
+    # every row trains N + M steps to each evaluated model, except the no-pre-training reference (M only)
+    assert seen and all(steps == (plan.finetune_steps if row == "no_pretraining" else budget)
+                        for row, _, steps in seen), seen
 
 
 def test_mixing_sweep_rows():
@@ -184,7 +193,7 @@ def test_plan_invariants(n_tasks, n, m, frac, strategies):
     tasks = [f"task_{i}" for i in range(n_tasks)]
     plan = make_plan(strategies_cfg(tasks, n, m, strategies=strategies, mtdnn_multitask_fraction=frac))
     # equal budget for every (row, task); leave-one-out mixtures never hold their target; no stage is planned twice
-    assert all(b == n + m for _, _, b in iter_task_budgets(plan))
+    assert all(b == (m if row == "no_pretraining" else n + m) for row, _, b in iter_task_budgets(plan))
     for s in plan.stages:
         if s.name.startswith("loo_") and "__ft_" not in s.name:
             target = s.name[len("loo_"):]
@@ -226,3 +235,69 @@ def test_presets_compose_with_hydra_and_yield_valid_stage_configs(name, model, a
         assert c.trainer.max_steps == stage.steps and c.resume == "auto" and c.experiment is None
         for key, value in stage.optim.items():
             assert c.optim[key] == value
+
+
+def test_seeds_plan_every_stage_once_per_seed():
+    plan = make_plan(strategies_cfg(strategies=["pretrain_finetune", "no_pretraining"], seeds=[3, 5]))
+    single = make_plan(strategies_cfg(strategies=["pretrain_finetune", "no_pretraining"]))
+    assert plan.seeds == (3, 5) and len(plan.stages) == 2 * len(single.stages)
+    for stage in plan.stages:
+        seed = stage.name.rpartition("__seed")[2]
+        assert stage.seed == int(seed) and stage.run_dir == f"stages/{stage.name}"
+        if stage.init_stage:  # each seed's fine-tuning starts from the same seed's pre-training
+            assert stage.init_stage.endswith(f"__seed{seed}")
+    row = plan.rows[0]
+    assert [s for s, _ in row.eval_stages()] == [3, 5]
+    assert row.eval_stages()[1][1]["glue_rte"] == "pretrain__ft_glue_rte__seed5"
+    # the seed is part of what identifies a stage's weights; single-seed plans keep their old fingerprints
+    from lightning_t5.experiments.plan import fingerprint
+    a, b = plan.stage("pretrain__seed3"), plan.stage("pretrain__seed5")
+    assert fingerprint(a, None, {}) != fingerprint(b, None, {})
+    assert "seed" not in single.stage("pretrain").spec()
+    assert single.rows[0].eval_stages() == ((None, single.rows[0].eval_stage),)
+
+
+@pytest.mark.parametrize("seeds, message", [([1, 1], "more than once"), ([], "non-empty list")])
+def test_bad_seeds_are_config_errors(seeds, message):
+    with pytest.raises(ExperimentConfigError, match=message):
+        make_plan(strategies_cfg(seeds=seeds))
+
+
+def test_experiment_options_are_checked_by_the_run_schema_at_composition():
+    """Typos and wrong types in experiment_options fail when Hydra composes the config, before any training."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+
+    from lightning_t5.schema import register_schema
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base=None):
+            cfg = compose(config_name="config", overrides=["experiment=strategies_tiny", "experiment_options.seeds=[1,2]"])
+            assert list(cfg.experiment_options.seeds) == [1, 2]
+            for bad in ("experiment_options.pretrain_stepz=3", "experiment_options.seeds=[a]",
+                        "experiment_options.pretrain_steps=many"):
+                with pytest.raises(ConfigCompositionException) as err:
+                    compose(config_name="config", overrides=["experiment=strategies_tiny", bad])
+                assert bad.split("=")[0].split(".")[1] in str(err.value.__cause__ or err.value)
+    finally:
+        GlobalHydra.instance().clear()
+    with pytest.raises(ExperimentConfigError, match=r"experiment_options.seeds\[0\]"):
+        make_plan(strategies_cfg(seeds=["x"]))
+
+
+def test_docs_list_every_experiment_option_and_strategy():
+    import dataclasses
+
+    from lightning_t5.experiments.options import ExperimentOptions
+
+    root = CONFIGS.parents[1]
+    for doc in (root / "docs" / "experiments.md", root / "README.md"):
+        text = doc.read_text()
+        reference = text[text.index("## Reference: experiment settings"):]
+        for f in dataclasses.fields(ExperimentOptions):
+            assert f"`{f.name}`" in reference, (doc.name, f.name)
+        for strategy in STRATEGIES:
+            assert f"`{strategy}`" in text, (doc.name, strategy)

@@ -18,7 +18,13 @@ leave_one_out                   for each task t: tasks - {t} + corpus N  ->  t a
 supervised_pretrain_finetune    supervised tasks only N  ->  each task alone M                    fine-tunes
 mtdnn                           baseline's corpus checkpoint (N)  ->  supervised tasks, one task   fine-tunes
                                 per batch, f*M  ->  each task alone (1-f)*M
+no_pretraining                  each task alone M, from random initialisation (paper Table 1's     fine-tunes
+                                "no pre-training" row: M steps only, the reference for transfer)
 ==============================  ================================================================  ==========
+
+With `experiment_options.seeds: [s1, s2, ...]` every stage is planned once per seed (name `<stage>__seed<s>`, the
+run's `seed` set to s, so the seed changes the initialisation and the data order); a row then has one evaluated
+model per task and seed, and the results report the mean and standard deviation over seeds.
 
 The mixing sweep (Table 11) trains one multi-task model per mixing rate for N + M steps on supervised tasks +
 corpus: equal, examples-proportional for each K, temperature-scaled for each T (with K fixed, 2^21 in the paper),
@@ -43,6 +49,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_t5.schema import ConfigError
 
+from .options import ExperimentOptions
+
 STRATEGIES: dict[str, str] = {
     "pretrain_finetune": "Unsupervised pre-training + fine-tuning",
     "multitask": "Multi-task training",
@@ -50,35 +58,10 @@ STRATEGIES: dict[str, str] = {
     "leave_one_out": "Leave-one-out training",
     "supervised_pretrain_finetune": "Supervised multi-task pre-training",
     "mtdnn": "MT-DNN-style multi-task fine-tuning",
+    "no_pretraining": "No pre-training",
 }
 KINDS = ("strategies", "mixing_sweep")
 GRANULARITIES = ("example", "batch")
-
-# Keys of the `experiment:` block and what they mean (used to reject typos with suggestions).
-EXPERIMENT_KEYS: dict[str, str] = {
-    "name": "experiment name (default: the `experiment` key); also the default run folder name",
-    "kind": "strategies | mixing_sweep",
-    "description": "free text shown above the results table",
-    "strategies": "list of strategy ids (strategies kind)",
-    "tasks": "target (supervised) tasks to evaluate",
-    "corpus_task": "the unsupervised (corpus) task used for pre-training",
-    "pretrain_steps": "N, pre-training steps (paper: 2^19)",
-    "finetune_steps": "M, fine-tuning steps per task (paper: 2^18)",
-    "mtdnn_multitask_fraction": "share of M spent on MT-DNN's multi-task fine-tuning (rest: per task)",
-    "mixing": "mixing overrides for the multi-task stages of the strategies (paper: proportional, K=2^19)",
-    "pretrain_optim": "optim overrides for pre-training and multi-task training stages",
-    "finetune_optim": "optim overrides for fine-tuning stages",
-    "equal": "mixing sweep: include equal mixing",
-    "proportional_k": "mixing sweep: list of K for examples-proportional mixing",
-    "temperatures": "mixing sweep: list of T for temperature-scaled mixing",
-    "temperature_k": "mixing sweep: K used with temperature scaling (paper: 2^21)",
-    "include_baseline": "mixing sweep: also run pre-train + fine-tune as the reference row",
-    "rows": "run only these rows (ids); null = all. Lets a Hydra multirun split a sweep into jobs",
-    "run_name": "folder under output_dir for this experiment (default: name); reruns reuse finished stages",
-    "paper": "show the T5 paper's numbers beside ours (true/false)",
-    "overrides": "run-config overrides (data, eval, mixing, trainer, ...) applied under every stage of the experiment",
-}
-
 
 class ExperimentConfigError(ConfigError):
     """The experiment settings are inconsistent; the message names the `experiment_options.<key>` and the valid
@@ -107,10 +90,13 @@ class Stage:
     eval_tasks: tuple[str, ...] = ()
     role: str = "finetune"  # pretrain | multitask | finetune
     run_dir: str = ""
+    seed: int | None = None  # None: the run's `seed`
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description (what `stage.json` stores and the fingerprint hashes)."""
         d = dataclasses.asdict(self)
+        if self.seed is None:
+            d.pop("seed")  # single-seed plans keep the fingerprints they had before seeds existed
         d["tasks"] = list(self.tasks)
         d["eval_tasks"] = list(self.eval_tasks)
         d["mixing"] = dict(self.mixing)
@@ -124,8 +110,13 @@ class Row:
 
     key: str
     label: str
-    eval_stage: Mapping[str, str]  # task -> stage name
-    stages: tuple[str, ...]  # every stage this row depends on (for compute accounting)
+    eval_stage: Mapping[str, str]  # task -> stage name (the first seed's)
+    stages: tuple[str, ...]  # every stage this row depends on, all seeds (for compute accounting)
+    seed_eval_stages: tuple[tuple[int | None, Mapping[str, str]], ...] = ()  # (seed, task -> stage) per seed
+
+    def eval_stages(self) -> tuple[tuple[int | None, Mapping[str, str]], ...]:
+        """(seed, task -> stage name) for every seed the row is trained with."""
+        return self.seed_eval_stages or ((None, self.eval_stage),)
 
 
 @dataclass(frozen=True)
@@ -140,6 +131,7 @@ class ExperimentPlan:
     rows: tuple[Row, ...]
     mixtures: Mapping[str, tuple[str, ...]]  # mixture name -> its tasks (registered by the runner)
     description: str = ""
+    seeds: tuple[int, ...] = ()  # experiment_options.seeds (empty: the run's seed only)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -180,23 +172,39 @@ def experiment_block(cfg: DictConfig | Mapping) -> dict[str, Any]:
         raw: Any = exp
     else:
         raw = opts if opts is not None else {}
-    block = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw)
-    if isinstance(exp, str) and exp:
-        block.setdefault("name", exp)
+    block = _structured(raw)
+    if isinstance(exp, str) and exp and not block.get("name"):
+        block["name"] = exp
     if not block.get("kind"):
         raise ExperimentConfigError(
             f"config has no experiment settings (experiment={exp!r}, experiment_options empty); run "
             "`python train.py experiment=<name>` with a file from configs/experiment/ (strategies_tiny, "
             "mixing_sweep_tiny, strategies, mixing_sweep) or set experiment_options.kind"
         )
-    unknown = sorted(set(block) - set(EXPERIMENT_KEYS))
-    if unknown:
-        hints = {k: difflib.get_close_matches(k, EXPERIMENT_KEYS, n=1) for k in unknown}
-        parts = [f"experiment_options.{k}" + (f" (did you mean {hints[k][0]}?)" if hints[k] else "") for k in unknown]
-        raise ExperimentConfigError(
-            f"unknown key(s) {', '.join(parts)}; valid experiment_options keys: {', '.join(EXPERIMENT_KEYS)}"
-        )
     return block
+
+
+def _structured(raw: Any) -> dict[str, Any]:
+    """`raw` merged onto the `ExperimentOptions` schema: unknown keys and wrongly typed values are errors that name
+    the `experiment_options.<key>` (with a suggestion), exactly as when Hydra composes the run config."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    keys = [f.name for f in dataclasses.fields(ExperimentOptions)]
+    plain = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw)
+    unknown = sorted(set(plain) - set(keys))
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, keys, n=1) for k in unknown}
+        parts = [f"experiment_options.{k}" + (f" (did you mean {hints[k][0]}?)" if hints[k] else "") for k in unknown]
+        raise ExperimentConfigError(f"unknown key(s) {', '.join(parts)}; valid experiment_options keys: "
+                                    f"{', '.join(keys)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ExperimentOptions), plain)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or ""
+        raise ExperimentConfigError(f"invalid value for experiment_options.{key}: {str(err).splitlines()[0]}") from None
+    out = OmegaConf.to_container(merged, resolve=True)
+    assert isinstance(out, dict)
+    return out
 
 
 def _positive_int(block: Mapping, key: str) -> int:
@@ -315,6 +323,8 @@ def _plan_strategies(block: Mapping, b: _Builder, mixing: Mapping) -> list[Row]:
                                    tasks=(*rest, corpus), steps=n, mixing=dict(mixing), optim=pre_opt,
                                    role="pretrain"))
                 ev.update(_finetunes(b, root, f"loo_{t}", [t], m, ft_opt))
+        elif s == "no_pretraining":
+            ev = _finetunes(b, None, "scratch", tasks, m, ft_opt)
         elif s == "supervised_pretrain_finetune":
             root = b.add(Stage(name="sup_pretrain", mixture=b.mixture("supervised", tasks), tasks=tasks, steps=n,
                                mixing=dict(mixing), optim=pre_opt, role="pretrain"))
@@ -425,13 +435,52 @@ def make_plan(cfg: DictConfig | Mapping, select_rows: bool = True) -> Experiment
         rows = [r for r in rows if r.key in wanted]
     needed = {s for r in rows for s in r.stages}
     stages = tuple(s for s in b.stages.values() if s.name in needed)  # insertion order is topological
+    seeds = _seeds(block)
+    if seeds:
+        stages, rows = _per_seed(stages, rows, seeds)
     used = {s.mixture for s in stages}
     return ExperimentPlan(
         name=name, kind=kind, tasks=_tasks(block), corpus_task=block.get("corpus_task"),
         pretrain_steps=int(block["pretrain_steps"]), finetune_steps=int(block["finetune_steps"]),
         stages=stages, rows=tuple(rows), mixtures={k: v for k, v in b.mixtures.items() if k in used},
-        description=str(block.get("description") or ""),
+        description=str(block.get("description") or ""), seeds=seeds,
     )
+
+
+def _seeds(block: Mapping) -> tuple[int, ...]:
+    seeds = block.get("seeds")
+    if seeds is None:
+        return ()
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds or any(
+            not isinstance(x, int) or isinstance(x, bool) for x in seeds):
+        raise ExperimentConfigError(
+            f"experiment_options.seeds must be null or a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ExperimentConfigError(f"experiment_options.seeds lists a seed more than once: {list(seeds)}")
+    return tuple(int(x) for x in seeds)
+
+
+def seed_stage_name(name: str, seed: int) -> str:
+    return f"{name}__seed{seed}"
+
+
+def _per_seed(stages: Sequence[Stage], rows: Sequence[Row], seeds: Sequence[int]
+              ) -> tuple[tuple[Stage, ...], list[Row]]:
+    """Every stage once per seed (renamed, chained to the same seed's parents) and rows that know all seeds."""
+    out: list[Stage] = []
+    for seed in seeds:
+        for st in stages:
+            name = seed_stage_name(st.name, seed)
+            out.append(dataclasses.replace(
+                st, name=name, seed=seed, run_dir=f"stages/{name}",
+                init_stage=seed_stage_name(st.init_stage, seed) if st.init_stage else None))
+    new_rows = []
+    for r in rows:
+        per_seed = tuple((seed, {t: seed_stage_name(n, seed) for t, n in r.eval_stage.items()}) for seed in seeds)
+        deps = tuple(seed_stage_name(n, seed) for seed in seeds for n in r.stages)
+        new_rows.append(dataclasses.replace(r, eval_stage=dict(per_seed[0][1]), stages=deps,
+                                            seed_eval_stages=per_seed))
+    return tuple(out), new_rows
 
 
 def plan_experiment(cfg: DictConfig | Mapping) -> list[Stage]:
@@ -452,7 +501,7 @@ def fingerprint(stage: Stage, parent_fingerprint: str | None, context: Mapping[s
 
 
 def iter_task_budgets(plan: ExperimentPlan) -> Iterable[tuple[str, str, int]]:
-    """(row key, task, steps from scratch to the evaluated model) for every row and task."""
+    """(row key, task, steps from scratch to the evaluated model) for every row and task (first seed)."""
     for row in plan.rows:
         for task, stage_name in row.eval_stage.items():
             yield row.key, task, plan.path_steps(stage_name)

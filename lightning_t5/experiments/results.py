@@ -13,10 +13,15 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from .paper import PAPER_CITATION, PAPER_COLUMNS, TABLE_11, TABLE_12, paper_row
-from .plan import ExperimentPlan
+import numpy as np
+
+from lightning_t5.stats import json_safe
+
+from .paper import BASELINE_STD, PAPER_CITATION, PAPER_COLUMNS, TABLE_11, TABLE_12, paper_row
+from .plan import ExperimentPlan, Row
+from .significance import add_statistics
 
 # Full benchmark sizes (tasks that enter the paper's average) to say whether our average covers the benchmark.
 BENCHMARK_TASK_COUNTS = {"glue": 8, "super_glue": 8}
@@ -57,26 +62,59 @@ def _averages(tasks: list[str], scores: Mapping[str, float | None], benchmarks: 
     return averages, counts
 
 
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else None
+
+
+def _seed_metrics(row: Row, stage_results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """task -> one metrics dict per seed that finished (in the plan's seed order)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for _, mapping in row.eval_stages():
+        for task, stage_name in mapping.items():
+            m = ((stage_results.get(stage_name) or {}).get("metrics") or {}).get(task)
+            if m:
+                out.setdefault(task, []).append({k: float(v) if v is not None else math.nan
+                                                 for k, v in m.items() if isinstance(v, (int, float)) or v is None})
+    return out
+
+
 def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, Any]],
-                  benchmarks: Mapping[str, str | None], include_paper: bool = True) -> dict[str, Any]:
-    """Assemble the results dict (what results.json holds) from each stage's `fit` result."""
+                  benchmarks: Mapping[str, str | None], include_paper: bool = True,
+                  metric_fns: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+    """Assemble the results dict (what results.json holds) from each stage's `fit` result.
+
+    With `metric_fns` (task -> the task's metric functions) and the per-example predictions each stage wrote
+    (`<run_dir>/predictions/<task>.jsonl`), every score gets a bootstrap interval and every row a paired test
+    against the baseline (`lightning_t5.experiments.significance`)."""
     tasks = list(plan.tasks)
     metric_names: dict[str, list[str]] = {t: [] for t in tasks}
     rows = []
+    n_seeds = max(1, len(plan.seeds))
     for row in plan.rows:
+        per_seed = _seed_metrics(row, stage_results)
         metrics: dict[str, dict[str, float]] = {}
-        for task, stage_name in row.eval_stage.items():
-            res = stage_results.get(stage_name) or {}
-            m = (res.get("metrics") or {}).get(task)
-            if m:
-                metrics[task] = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
-                for k in metrics[task]:
-                    if _is_score(k) and k not in metric_names[task]:
-                        metric_names[task].append(k)
+        metrics_std: dict[str, dict[str, float | None]] = {}
+        for task, runs in per_seed.items():
+            if len(runs) < n_seeds:
+                continue
+            names = [k for k in runs[0] if all(k in r for r in runs)]
+            metrics[task] = {k: float(np.mean([r[k] for r in runs])) for k in names}
+            metrics_std[task] = {k: (float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else None)
+                                 for k in names}
+            for k in names:
+                if _is_score(k) and k not in metric_names[task]:
+                    metric_names[task].append(k)
         scores = {t: task_score(m) for t, m in metrics.items()}
         rank_scores = {t: task_score(m, rank=True) for t, m in metrics.items()}
         averages, counts = _averages(tasks, scores, benchmarks)
         rank_averages, _ = _averages(tasks, rank_scores, benchmarks)
+        seed_averages = []
+        for i in range(n_seeds):
+            seed_scores = {t: task_score(per_seed[t][i]) for t in metrics}
+            seed_averages.append(_averages(tasks, seed_scores, benchmarks)[0])
+        averages_std = {b: (float(np.std([a[b] for a in seed_averages], ddof=1))
+                            if n_seeds > 1 and all(a.get(b) is not None for a in seed_averages) else None)
+                        for b in averages}
         done = [s for s in row.stages if s in stage_results]
         compute = {
             "steps": sum(int(stage_results[s].get("steps") or 0) for s in done),
@@ -85,15 +123,25 @@ def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str,
             "stages": len(row.stages),
             "stages_finished": len(done),
         }
+        num_examples: dict[str, int] = {}
+        for _, mapping in row.eval_stages():
+            for task, stage_name in mapping.items():
+                n = ((stage_results.get(stage_name) or {}).get("num_examples") or {}).get(task)
+                if n is not None:
+                    num_examples[task] = int(n)
         rows.append({
             "key": row.key,
             "label": row.label,
             "status": ("done" if len(metrics) == len(row.eval_stage) else "incomplete" if done else "not run"),
+            "seeds": list(plan.seeds) or None,
             "metrics": metrics,
+            "metrics_std": metrics_std if n_seeds > 1 else {},
             "task_scores": scores,
             "averages": averages,
+            "averages_std": averages_std if n_seeds > 1 else {},
             "rank_averages": rank_averages if any(v is not None for v in rank_averages.values()) else {},
             "average_task_counts": counts,
+            "num_examples": num_examples,
             "compute": compute,
             "budget_steps_per_task": {t: plan.path_steps(s) for t, s in row.eval_stage.items()},
             "paper": dict(paper_row(plan.kind, row.key)) if include_paper else {},
@@ -107,9 +155,11 @@ def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str,
         "benchmarks": {t: benchmarks.get(t) for t in tasks},
         "pretrain_steps": plan.pretrain_steps,
         "finetune_steps": plan.finetune_steps,
+        "seeds": list(plan.seeds) or None,
         "metric_columns": [[t, m] for t in tasks for m in metric_names[t]],
         "rows": rows,
         "paper_citation": PAPER_CITATION if include_paper else None,
+        "paper_baseline_std": dict(BASELINE_STD) if include_paper else None,
     }
     finished = [s for s in plan.stages if s.name in stage_results]
     out["totals"] = {  # distinct stages: what the experiment really cost (shared stages counted once)
@@ -119,8 +169,31 @@ def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str,
         "tokens": sum(int(stage_results[s.name].get("tokens") or 0) for s in finished),
         "wall_time_s": round(sum(float(stage_results[s.name].get("wall_time_s") or 0.0) for s in finished), 3),
     }
+    out["majority"] = majority_row(plan, stage_results, benchmarks)
+    out["ranking_metric"] = _ranking_key(out)
+    field = _score_field(out)
+    if metric_fns:
+        add_statistics(out, plan, stage_results, metric_fns, field)
     out["ordering"] = compare_ordering(out) if include_paper else None
     return out
+
+
+def majority_row(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, Any]],
+                 benchmarks: Mapping[str, str | None]) -> dict[str, Any] | None:
+    """The constant-prediction reference (train split's most frequent target), as evaluation recorded it."""
+    metrics: dict[str, dict[str, float]] = {}
+    for res in stage_results.values():
+        for task, maj in (res.get("majority") or {}).items():
+            if task in plan.tasks and maj and task not in metrics:
+                metrics[task] = {k: float(v) for k, v in (maj.get("metrics") or {}).items() if _finite(v) is not None}
+    if not metrics:
+        return None
+    scores = {t: task_score(m) for t, m in metrics.items()}
+    averages, _ = _averages(list(plan.tasks), scores, benchmarks)
+    rank_averages, _ = _averages(list(plan.tasks), {t: task_score(m, rank=True) for t, m in metrics.items()},
+                                 benchmarks)
+    return {"key": "majority_class", "label": "Majority class (reference)", "metrics": metrics, "task_scores": scores,
+            "averages": averages, "rank_averages": rank_averages}
 
 
 def _ranking_key(results: Mapping[str, Any]) -> str:
@@ -131,6 +204,16 @@ def _ranking_key(results: Mapping[str, Any]) -> str:
     return "overall"
 
 
+def _score_field(results: Mapping[str, Any]) -> str:
+    """"averages" (generated text, as the paper scores), or "rank_averages" when generation does not separate the
+    rows (tiny models that generate no valid label yet) and rank-classification scores exist."""
+    key = _ranking_key(results)
+    gen = {r["averages"].get(key) for r in results["rows"] if r["averages"].get(key) is not None}
+    if len(gen) <= 1 and any(r.get("rank_averages", {}).get(key) is not None for r in results["rows"]):
+        return "rank_averages"
+    return "averages"
+
+
 def compare_ordering(results: Mapping[str, Any]) -> dict[str, Any]:
     """Does our ranking of the rows agree with the paper's? Compared on the rows that both have a number for.
 
@@ -139,10 +222,7 @@ def compare_ordering(results: Mapping[str, Any]) -> dict[str, Any]:
     """
     ours_key = _ranking_key(results)
     paper_key = ours_key if ours_key != "overall" else "glue"
-    field = "averages"
-    gen = {r["averages"].get(ours_key) for r in results["rows"] if r["averages"].get(ours_key) is not None}
-    if len(gen) <= 1 and any(r.get("rank_averages", {}).get(ours_key) is not None for r in results["rows"]):
-        field = "rank_averages"  # e.g. tiny models that generate no valid label yet: rank classification decides
+    field = _score_field(results)
     both = [r for r in results["rows"]
             if r[field].get(ours_key) is not None and r["paper"].get(paper_key) is not None]
     ours = [r["key"] for r in sorted(both, key=lambda r: -r[field][ours_key])]
@@ -169,8 +249,19 @@ def compare_ordering(results: Mapping[str, Any]) -> dict[str, Any]:
             + (" of rank-classification scores, as generation scores do not separate the rows" if field != "averages"
                else "") + "). Paper: "
             + " > ".join(label[k] for k in paper) + ". Ours: " + " > ".join(label[k] for k in ours) + "." + subset)
-    return {"metric": ours_key, "scores": field, "ours": ours, "paper": paper, "matches": matches,
-            "pairs_agreeing": f"{agree}/{len(pairs)}", "pairs_tied": tied, "note": note}
+    out = {"metric": ours_key, "scores": field, "ours": ours, "paper": paper, "matches": matches,
+           "pairs_agreeing": f"{agree}/{len(pairs)}", "pairs_tied": tied, "note": note}
+    tested = {frozenset((p["a"], p["b"])): p for p in results.get("pairwise") or []}
+    if tested:
+        sep = [(a, b) for a, b in pairs if (tested.get(frozenset((a, b))) or {}).get("separable")]
+        sep_agree = sum(score[a] > score[b] for a, b in sep)
+        out.update({"pairs_separable": len(sep), "pairs_separable_agreeing": sep_agree,
+                    "pairs_not_separable": len(pairs) - len(sep)})
+        out["note"] += (f" Counting only the pairs the data can separate (paired permutation test, Holm over "
+                        f"{len(tested)} pairs, p < 0.05): {len(sep)} of {len(pairs)} pairs are separable, "
+                        f"{sep_agree} of them in the paper's order, {len(sep) - sep_agree} against it; "
+                        f"{len(pairs) - len(sep)} pair(s) cannot be separated by these data.")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,14 +347,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                   "(the baseline row, when present: N pre-training + M fine-tuning steps per task).")
     lines += [budget + " Scores are on the validation splits, 0-100; a benchmark average is the mean of its "
               "tasks' scores (a task's score: mean of its metrics).", ""]
-    cols = _columns(results)
-    lines.append("| " + " | ".join(["row"] + [c[0] for c in cols]) + " |")
-    lines.append("|" + "---|" + "".join("---:|" for _ in cols))
-    for row in results["rows"]:
-        label = row["label"] + ("" if row["status"] == "done" else f" ({row['status']})")
-        cells = [_fmt(_cell(row, k, key, True)) for _, k, key in cols]
-        lines.append("| " + " | ".join([label] + cells) + " |")
-    lines.append("")
+    lines += _main_table(results)
+    lines += _per_task_table(results)
     rated = [r for r in results["rows"] if r.get("mixing_rates")]
     if rated:
         mix_tasks = list(dict.fromkeys(t for r in rated for t in r["mixing_rates"]))
@@ -283,8 +368,13 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if ordering:
         lines += [f"Ordering vs. the paper: {ordering['note']}", ""]
     if results.get("paper_citation"):
-        lines += [f"Paper numbers: {results['paper_citation']} (T5-Base, 2^19 + 2^18 steps of 128 x 512 tokens). "
-                  "Only numbers checked against the paper are shown; '–' means not recorded.", ""]
+        std = results.get("paper_baseline_std") or {}
+        noise = (" The paper's baseline varies by " + ", ".join(f"{PAPER_COLUMNS[k]} {v}" for k, v in std.items())
+                 + " (standard deviation over 10 runs, its Table 1), the noise level it assumes for every row.") \
+            if std else ""
+        lines += [f"Paper numbers: {results['paper_citation']} (T5-Base, 2^19 + 2^18 steps of 128 x 512 tokens; "
+                  "'No pre-training' is Table 1's row, 2^18 fine-tuning steps from scratch). Only numbers checked "
+                  f"against the paper are shown; '–' means not recorded.{noise}", ""]
     tot = results.get("totals")
     if tot:
         lines.append(f"Total compute: {tot['stages_finished']}/{tot['stages']} stages, {tot['steps']} steps, "
@@ -295,15 +385,147 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_ci(value: Any, ci: Sequence[Any] | None, std: Any = None) -> str:
+    """"67.50 ± 1.20 [60.10, 74.20]": value, ± standard deviation over seeds, [95 % bootstrap interval]."""
+    text = _fmt(value)
+    if value is None:
+        return text
+    if std is not None:
+        text += f" ± {std:.2f}"
+    if ci and ci[0] is not None:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text
+
+
+def _test_cell(test: Mapping[str, Any] | None) -> str:
+    if not test or test.get("p") is None:
+        return "–"
+    mark = "*" if test.get("significant") else ""
+    return f"{test['diff']:+.2f}{mark} (p={test.get('p_holm', test['p']):.3f})"
+
+
+def _main_table(results: Mapping[str, Any]) -> list[str]:
+    """One line per row: benchmark averages ± std [CI], the test against the baseline, seeds and compute."""
+    benches = [b for b in ("glue", "super_glue") if any(v == b for v in results["benchmarks"].values())] + ["overall"]
+    fields = [("averages", "")] + ([("rank_averages", " (rank)")] if any(r.get("rank_averages") for r in
+                                                                           results["rows"]) else [])
+    paper = []
+    if results.get("paper_citation"):
+        matching = paper_columns_for(results["tasks"], results["benchmarks"])
+        paper = [k for k in PAPER_COLUMNS if k in matching and any(k in r["paper"] for r in results["rows"])]
+    test = results.get("test")
+    test_head = []
+    if test:
+        rank_note = " rank" if test["scores"] == "rank_averages" else ""
+        test_head = [f"vs {results['baseline']} ({BENCHMARK_NAMES[test['metric']]}{rank_note})"]
+    head = (["row"] + [f"{BENCHMARK_NAMES[b]} avg{suffix}" for f, suffix in fields for b in benches] + test_head
+            + ["seeds", "steps", "tokens", "wall time (s)"] + [f"paper {PAPER_COLUMNS[k]}" for k in paper])
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for row in results["rows"]:
+        label = row["label"] + ("" if row["status"] == "done" else f" ({row['status']})")
+        cells = [label]
+        for f, _ in fields:
+            for b in benches:
+                std = (row.get("averages_std") or {}).get(b) if f == "averages" else None
+                cells.append(_with_ci((row.get(f) or {}).get(b), (row.get(f"{f}_ci") or {}).get(b), std))
+        if test:
+            cells.append("baseline" if row["key"] == results.get("baseline") else _test_cell(row.get("vs_baseline")))
+        cells.append(str(len(row["seeds"])) if row.get("seeds") else "1")
+        cells += [_fmt(_cell(row, "compute", k, True)) for k in ("steps", "tokens", "wall_time_s")]
+        cells += [_fmt(row["paper"].get(k)) for k in paper]
+        lines.append("| " + " | ".join(cells) + " |")
+    maj = results.get("majority")
+    if maj:
+        cells = [maj["label"]] + [_fmt((maj.get(f) or {}).get(b)) for f, _ in fields for b in benches]
+        cells += (["–"] if test else []) + ["–"] * 4 + ["–"] * len(paper)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    notes = []
+    if any(r.get("averages_ci") for r in results["rows"]):
+        notes.append("[a, b]: 95 % bootstrap interval over the evaluation examples")
+    if results.get("seeds"):
+        notes.append(f"± : standard deviation over the seeds {results['seeds']} (the value is their mean)")
+    if test:
+        notes.append(f"vs baseline: difference of the {BENCHMARK_NAMES[test['metric']]} average to the "
+                     f"{results['baseline']} row, Holm-adjusted p of a {test['name'].split(',')[0]} "
+                     f"({test['permutations']} permutations); * = significant at p < {test['alpha']}")
+    if maj:
+        notes.append("Majority class: always predicting the train split's most frequent target, scored by each "
+                     "task's own metrics (the chance level every row must beat)")
+    return lines + ([("; ".join(notes)) + ".", ""] if notes else [])
+
+
+def _per_task_table(results: Mapping[str, Any]) -> list[str]:
+    """Per-task details: every metric of every task with its interval, the evaluation count in the header, a mark
+    for significance against the baseline (*) and a flag when a score does not beat the majority class."""
+    cols = results["metric_columns"]
+    if not cols:
+        return []
+    counts: dict[str, int] = {}
+    for r in results["rows"]:
+        for t, n in (r.get("num_examples") or {}).items():
+            counts.setdefault(t, n)
+    maj = (results.get("majority") or {}).get("metrics") or {}
+    head = ["row"] + [f"{t} {m}" + (f" (n={counts[t]})" if t in counts else "") for t, m in cols]
+    lines = ["Per-task scores" + (" (value [95 % CI]; * = task score differs from the baseline's, Holm-adjusted "
+                                  "paired test; ≤maj = not above the majority class; (maj*) = significantly above "
+                                  "it)" if results.get("test") else "") + ":", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
+    rows = list(results["rows"])
+    for row in rows:
+        cells = [row["label"]]
+        for t, m in cols:
+            v = (row["metrics"].get(t) or {}).get(m)
+            std = ((row.get("metrics_std") or {}).get(t) or {}).get(m)
+            text = _with_ci(v, ((row.get("ci") or {}).get(t) or {}).get(m), std)
+            if v is not None:
+                task_test = (row.get("task_tests") or {}).get(t) or {}
+                if task_test.get("significant"):
+                    text += " *"
+                ref = (maj.get(t) or {}).get(m)
+                if ref is not None and v <= ref + 1e-9:
+                    text += " ≤maj"
+                elif ((row.get("vs_majority") or {}).get(t) or {}).get("significant"):
+                    text += " (maj*)"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    if maj:
+        lines.append("| Majority class (reference) | " + " | ".join(_fmt((maj.get(t) or {}).get(m)) for t, m in cols)
+                     + " |")
+    return lines + [""]
+
+
 def write_csv(results: Mapping[str, Any], path: Path) -> None:
     cols = _columns(results)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["key", "row", "status"] + [c[0] for c in cols])
+        extra = [c for c in cols if c[1] in ("metric", "average", "rank_average")]
+        w.writerow(["key", "row", "status"] + [c[0] for c in cols]
+                   + [f"{c[0]} {part}" for c in extra for part in ("ci_lo", "ci_hi", "std")]
+                   + ["vs baseline diff", "vs baseline p_holm", "vs baseline significant"])
+
+        def num(v: Any) -> Any:
+            return "" if v is None else (round(v, 4) if isinstance(v, float) else v)
+
         for row in results["rows"]:
             vals = [_cell(row, k, key, False) for _, k, key in cols]
-            w.writerow([row["key"], row["label"], row["status"]]
-                       + ["" if v is None else (round(v, 4) if isinstance(v, float) else v) for v in vals])
+            stats = []
+            for _, kind, key in extra:
+                if kind == "metric":
+                    ci = ((row.get("ci") or {}).get(key[0]) or {}).get(key[1])
+                    std = ((row.get("metrics_std") or {}).get(key[0]) or {}).get(key[1])
+                else:
+                    f = "averages" if kind == "average" else "rank_averages"
+                    ci = (row.get(f"{f}_ci") or {}).get(key)
+                    std = (row.get("averages_std") or {}).get(key) if kind == "average" else None
+                stats += [num((ci or [None, None])[0]), num((ci or [None, None])[1]), num(std)]
+            test = row.get("vs_baseline") or {}
+            w.writerow([row["key"], row["label"], row["status"]] + [num(v) for v in vals] + stats
+                       + [num(test.get("diff")), num(test.get("p_holm")), test.get("significant", "")])
+        maj = results.get("majority")
+        if maj:
+            vals = [_cell({**maj, "paper": {}, "compute": {}}, k, key, False) for _, k, key in cols]
+            w.writerow([maj["key"], maj["label"], "reference"] + [num(v) for v in vals])
 
 
 def plot_results(results: Mapping[str, Any], path: Path) -> None:
@@ -324,8 +546,15 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     for j, b in enumerate(benches):
         offs = [x - 0.4 + width * (j + 0.5) for x in xs]
         vals = [(r.get(field) or {}).get(b) for r in rows]
-        ax.bar(offs, [v if v is not None else 0.0 for v in vals], width,
-               label=f"ours: {BENCHMARK_NAMES[b]} avg{kind_label}")
+        cis = [(r.get(f"{field}_ci") or {}).get(b) for r in rows]
+        err = [[max(0.0, v - ci[0]) if v is not None and ci and ci[0] is not None else 0.0 for v, ci in zip(vals, cis)],
+               [max(0.0, ci[1] - v) if v is not None and ci and ci[1] is not None else 0.0 for v, ci in zip(vals, cis)]]
+        bars = ax.bar(offs, [v if v is not None else 0.0 for v in vals], width, yerr=err, capsize=3,
+                      label=f"ours: {BENCHMARK_NAMES[b]} avg{kind_label}" + (" (95% CI)" if any(cis) else ""))
+        maj = ((results.get("majority") or {}).get(field) or {}).get(b)
+        if maj is not None:
+            ax.axhline(maj, color=bars.patches[0].get_facecolor(), linestyle=":", linewidth=1.2,
+                       label=f"majority class: {BENCHMARK_NAMES[b]}")
         pv = [r["paper"].get(b) for r in rows]
         pts = [(o, v) for o, v in zip(offs, pv) if v is not None]
         if pts:
@@ -350,7 +579,8 @@ def write_results(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     paths = {k: out_dir / f"results.{k}" for k in ("md", "csv", "json", "png")}
     paths["md"].write_text(render_markdown(results))
     write_csv(results, paths["csv"])
-    paths["json"].write_text(json.dumps({k: v for k, v in results.items() if k != "files"}, indent=2, default=str))
+    paths["json"].write_text(json.dumps(json_safe({k: v for k, v in results.items() if k != "files"}), indent=2,
+                                        default=str, allow_nan=False))
     plot_results(results, paths["png"])
     return paths
 

@@ -28,6 +28,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_t5.schema import ConfigError
 
+from lightning_t5.evaluation import write_json
+
+from .options import ExperimentOptions
 from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
 from .results import build_results, write_results
 
@@ -74,7 +77,7 @@ def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | 
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.experiment = None
-        c.experiment_options = {}
+        c.experiment_options = OmegaConf.structured(ExperimentOptions)
         c.mixture = stage.mixture
         if stage.mixing:
             c.mixing = OmegaConf.merge(c.get("mixing") or {}, dict(stage.mixing))
@@ -95,6 +98,8 @@ def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | 
         c.export_hf = None
         c.run_name = f"{stage.name}"
         c.run_dir = str(run_dir)
+        if stage.seed is not None:
+            c.seed = stage.seed  # experiment_options.seeds: changes the initialisation and the data order
     return c
 
 
@@ -124,6 +129,20 @@ def _benchmarks(tasks: list[str]) -> dict[str, str | None]:
         if bench is None:
             bench = "super_glue" if t.startswith("super_glue_") else "glue" if t.startswith("glue_") else None
         out[t] = bench
+    return out
+
+
+def _metric_fns(tasks: list[str]) -> dict[str, list[Any]]:
+    """task -> its metric functions (for intervals and paired tests); tasks the registry does not know are left
+    out, so their rows get no intervals instead of failing the table."""
+    from tasks import TaskRegistry
+
+    out = {}
+    for t in tasks:
+        try:
+            out[t] = list(TaskRegistry.get(t).metric_fns)
+        except Exception:  # unknown task in fake/offline use
+            continue
     return out
 
 
@@ -175,7 +194,8 @@ def _check_or_write_spec(run_dir: Path, stage: Stage, fp: str, init_from: str | 
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = spec_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp, "spec": stage.spec(), "init_from": init_from}, indent=2))
+    tmp.write_text(json.dumps({"fingerprint": fp, "spec": stage.spec(), "init_from": init_from}, indent=2,
+                              allow_nan=False))
     os.replace(tmp, spec_path)
 
 
@@ -241,10 +261,12 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
         register_mixtures(plan)
     if rank_zero:
         (out / "plan.json").write_text(json.dumps(
-            {"name": plan.name, "kind": plan.kind, "stages": [s.spec() for s in plan.stages],
+            {"name": plan.name, "kind": plan.kind, "seeds": list(plan.seeds) or None,
+             "stages": [s.spec() for s in plan.stages],
              "rows": [{"key": r.key, "label": r.label, "eval_stage": dict(r.eval_stage),
+                       "eval_stages": [{"seed": seed, "eval_stage": dict(m)} for seed, m in r.eval_stages()],
                        "stages": list(r.stages)} for r in plan.rows],
-             "mixtures": {k: list(v) for k, v in plan.mixtures.items()}}, indent=2))
+             "mixtures": {k: list(v) for k, v in plan.mixtures.items()}}, indent=2, allow_nan=False))
 
     context = _context(cfg)
     results: dict[str, dict[str, Any]] = {}
@@ -282,7 +304,7 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
             )
         metrics_path = run_dir / "metrics.json"
         if rank_zero and not metrics_path.exists():  # fit writes it; keep reuse working if a fit does not
-            metrics_path.write_text(json.dumps(result, indent=2, default=str))
+            write_json(metrics_path, result)
         results[stage.name] = result
 
     # Rows not selected in this invocation (experiment_options.rows) still appear with whatever earlier runs of
@@ -298,7 +320,8 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
                 if done is not None:
                     results[stage.name] = done
     table = build_results(full, results, benchmarks=_benchmarks(list(plan.tasks)),
-                          include_paper=bool(experiment_block(cfg).get("paper", True)))
+                          include_paper=bool(experiment_block(cfg).get("paper", True)),
+                          metric_fns=_metric_fns(list(plan.tasks)))
     if register:
         _add_mixing_rates(table, full)
     table["wall_time_s_this_invocation"] = round(time.time() - started, 3)
