@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_t5 import T5, T5Config  # noqa: E402
-from lightning_t5.flops import mfu, peak_flops, training_flops_per_sequence  # noqa: E402
+from lightning_t5.flops import mfu, peak_flops  # noqa: E402
 from lightning_t5.fused import BACKENDS, FusedBackendError, describe_kernels, make_optimizer, resolve_backend  # noqa: E402
 
 PARITY_TOL = {"fp32": 2e-4, "bf16": 5e-2}  # max |logit diff| relative to the logits' max magnitude
@@ -206,7 +206,7 @@ def throughput(args: argparse.Namespace, device: torch.device, backends: list[st
         mfu_text = f"{100 * row['mfu']:.1f}%" if row["mfu"] else "n/a"
         print(f"  {impl:<5}{row['backend']:<7}compile={str(compiled):<6}{row['tokens_per_s']:>10,.0f} tok/s  "
               f"MFU {mfu_text}  [{row['kernels']}]", flush=True)
-        del model, ours, opt
+        step = model = ours = opt = None  # type: ignore[assignment]  # free the GPU before the next model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     hf_tps = rows[0]["tokens_per_s"]

@@ -126,9 +126,10 @@ def make_step(impl, model, optimizer, batch, args, device):
 
 
 def setup_numerics(args: argparse.Namespace) -> None:
-    """CPU: flush denormals to zero (one process-wide switch: both implementations alike). HF's T5 init (embeddings and lm_head with std 1)
-    makes the first softmaxes extremely peaky; their denormal gradients slow CPU matmuls ~25x, which would make the
-    benchmark measure denormal arithmetic instead of the models. TPUs and GPU tensor cores flush them anyway."""
+    """CPU: flush denormals to zero (one process-wide switch: both implementations alike). HF's T5 init
+    (embeddings and lm_head with std 1) makes the first softmaxes extremely peaky; their denormal gradients slow
+    CPU matmuls ~25x, which would make the benchmark measure denormal arithmetic instead of the models. TPUs and
+    GPU tensor cores flush them anyway."""
     import torch
 
     if args.device == "cpu" and args.flush_denormal:

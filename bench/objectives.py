@@ -136,7 +136,8 @@ def main() -> None:
     check = hf(windows[:4])
     assert check["input_ids"].shape[1] == args.inputs_length and check["labels"].shape[1] == targets_length
     ours_check = span_corruption(windows[:4], np.arange(4, dtype=np.uint64), vocabulary_size=vocab_size)
-    assert len(ours_check["inputs"][0]) + 1 == args.inputs_length and len(ours_check["targets"][0]) + 1 == targets_length
+    assert (len(ours_check["inputs"][0]) + 1 == args.inputs_length
+            and len(ours_check["targets"][0]) + 1 == targets_length)
 
     seeds = np.arange(len(windows), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 

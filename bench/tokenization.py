@@ -74,7 +74,8 @@ def main() -> int:
     n, tok, tu, tc, ti = tot
     print(f"{'ALL':<18}{n:>9}{tok:>10}{n / tu:>15.0f}{tok / tu:>16.0f}{tc:>14.4f}{n / ti:>14.0f}{tu / tc:>16.0f}x")
     print("ratios: cached/uncached = time of the first tokenized() / time of a cache hit; "
-          "encode batched/naive = time of one vocab.encode call per text / time of vocab.encode_batch on the same texts")
+          "encode batched/naive = time of one vocab.encode call per text / "
+          "time of vocab.encode_batch on the same texts")
     return 0
 
 

@@ -3,6 +3,8 @@
 from .config import T5Config
 from .model import T5
 
+__all__ = ["T5", "T5Config", "fit", "T5LightningModule", "MixtureDataModule"]
+
 
 def __getattr__(name: str):  # lazy: training pulls in Lightning, which plain model users do not need
     if name == "fit":

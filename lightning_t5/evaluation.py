@@ -205,7 +205,8 @@ class TaskEvaluator:
             raise RuntimeError(f"Evaluation of {self.name!r} is missing predictions for {len(missing)} examples "
                                f"(first: {missing[:5]}); were all ranks' predictions gathered?")
         order = range(len(self.examples))
-        metrics = {k: float(v) for k, v in self.task.compute_metrics(self.targets, [predictions[i][0] for i in order]).items()}
+        metrics = {k: float(v)
+                   for k, v in self.task.compute_metrics(self.targets, [predictions[i][0] for i in order]).items()}
         if self.choice_ids is not None:
             ranked = self.task.compute_metrics(self.targets, [predictions[i][1] for i in order])
             metrics.update({f"rank_{k}": float(v) for k, v in ranked.items()})
@@ -443,7 +444,8 @@ def gather_predictions(local: Mapping[str, list[tuple[Any, ...]]]) -> dict[str, 
     """Merge every rank's (index, prediction, rank prediction[, text]) lists (all_gather_object under
     torch.distributed)."""
     parts: list[Mapping[str, list[tuple[Any, ...]]]] = [local]
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1):
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, dict(local))
         parts = gathered

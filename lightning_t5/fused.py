@@ -112,7 +112,8 @@ def resolve_backend(requested: str = "auto", *, log: bool = True) -> str:
         liger = probe_liger()
         if not liger.available:
             raise FusedBackendError(
-                f"model.fused=liger was requested but Liger kernels cannot be used: {liger.reason}. {LIGER_INSTALL_HINT}")
+                f"model.fused=liger was requested but Liger kernels cannot be used: {liger.reason}. "
+                f"{LIGER_INSTALL_HINT}")
         return "liger"
     status = probe_apex()
     if requested == "apex":

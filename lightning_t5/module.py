@@ -50,7 +50,8 @@ def build_optimizer(model: torch.nn.Module, optim: Mapping[str, Any]) -> torch.o
                               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}) if g["params"]]
     kwargs: dict[str, Any] = {}
     if name != "adafactor":
-        kwargs = {"betas": tuple(float(b) for b in optim.get("betas", (0.9, 0.999))), "eps": float(optim.get("eps", 1e-8))}
+        kwargs = {"betas": tuple(float(b) for b in optim.get("betas", (0.9, 0.999))),
+                  "eps": float(optim.get("eps", 1e-8))}
     return make_optimizer(name, groups, lr=float(optim["lr"]), weight_decay=weight_decay,
                           backend=getattr(model, "backend", "auto"), **kwargs)
 

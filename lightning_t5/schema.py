@@ -128,7 +128,8 @@ class EvalConfig:
     split: str = "validation"
     max_examples: Optional[int] = 128  # per task; None = the whole split
     batch_size: int = 64
-    max_new_tokens: Optional[int] = None  # None: each task's longest eval target (capped by data.sequence_length.targets)
+    # None: each task's longest eval target (capped by data.sequence_length.targets)
+    max_new_tokens: Optional[int] = None
     num_beams: int = 1
     rank_classification: bool = True  # also score each label string by likelihood (classification tasks)
     before_training: bool = True  # evaluate the initial model (step 0) for a before/after comparison

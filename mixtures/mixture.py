@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MixtureError, suggest
-from .rates import MixingConfig, RateSpec, Scaled, leaf_rate
+from .rates import MixingConfig, RateSpec, leaf_rate
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,8 @@ class MixtureRegistry:
     _dynamic: list[tuple[Callable[[], list[str]], Callable[[str], Mixture | None]]] = []
 
     @classmethod
-    def add(cls, mixture_or_name: Mixture | str, members: Any = None, *, replace: bool = False, **kwargs: Any) -> Mixture:
+    def add(cls, mixture_or_name: Mixture | str, members: Any = None, *, replace: bool = False,
+            **kwargs: Any) -> Mixture:
         """``add(Mixture(...))`` or seqio-style ``add(name, members, **kwargs)``."""
         mix = mixture_or_name if isinstance(mixture_or_name, Mixture) else Mixture(mixture_or_name, members, **kwargs)
         if mix.name in cls._registry and not replace:

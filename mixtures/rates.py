@@ -116,7 +116,8 @@ class MixingConfig:
             raise MixtureError(f"mixing.rate={self.rate!r} is not a rate; valid: {', '.join(RATE_NAMES)}."
                                + suggest(str(self.rate), RATE_NAMES))
         if self.size_source is not None and self.size_source not in SIZE_SOURCES:
-            raise MixtureError(f"mixing.size_source={self.size_source!r} is not valid; valid: {', '.join(SIZE_SOURCES)}.")
+            raise MixtureError(f"mixing.size_source={self.size_source!r} is not valid; "
+                               f"valid: {', '.join(SIZE_SOURCES)}.")
         if self.max_examples is not None and not _positive(self.max_examples):
             raise MixtureError(f"mixing.max_examples (K) must be a positive number or null, got {self.max_examples!r}.")
         if self.temperature is not None and not _positive(self.temperature):
@@ -134,7 +135,8 @@ class MixingConfig:
                 raise MixtureError("mixing.weights are all zero: at least one task needs a positive weight.")
             object.__setattr__(self, "weights", dict(self.weights))
         if self.max_passes is not None and not _positive(self.max_passes):
-            raise MixtureError(f"mixing.max_passes must be a positive number or null (no check), got {self.max_passes!r}.")
+            raise MixtureError("mixing.max_passes must be a positive number or null (no check), "
+                               f"got {self.max_passes!r}.")
         if self.rate == "explicit" and self.weights is None:
             pass  # the mixture's own member rates may supply them; checked at rates() time
 

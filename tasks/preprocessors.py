@@ -132,7 +132,10 @@ def _wsc_inputs(row: Row) -> str:
         'The boy continued to whip the pony , and eventually the pony threw him over. '
         'John laughed out quite loud. "Good for him," he said. '
     ):
-        return 'The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite loud. "Good for X ," he said.'
+        return (
+            'The boy continued to whip the pony , and eventually the pony threw him over. '
+            'John laughed out quite loud. "Good for X ," he said.'
+        )
     if text == (
         "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble "
         "in an iron safe . Some day they might want to use it , but really for now, what more could they wish for?"

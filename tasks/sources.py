@@ -29,7 +29,8 @@ from tasks.utils import cache_root, callable_fingerprint, count_lines, file_fing
 Row = dict[str, Any]
 Normalizer = Callable[[Row, int], Row]
 
-_FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet", "text": "text", "txt": "text"}
+_FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet", "text": "text",
+            "txt": "text"}
 
 
 class DataSource(abc.ABC):
@@ -282,7 +283,8 @@ def _diagnose_text_file(path: Path, json_lines: bool) -> None:
 class InMemorySource(DataSource):
     """Rows held in memory: per split, a list of dicts or a dict of equal-length lists."""
 
-    def __init__(self, data: Mapping[str, Sequence[Row] | Mapping[str, Sequence[Any]]], normalize: Normalizer | None = None):
+    def __init__(self, data: Mapping[str, Sequence[Row] | Mapping[str, Sequence[Any]]],
+                 normalize: Normalizer | None = None):
         self.data = dict(data)
         self.normalize = normalize
 

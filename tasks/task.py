@@ -516,7 +516,8 @@ class Task:
             position += len(idx)
             tokens = self.finalize(tokens, example_seed(seed, self.name, epoch, idx), sequence_length)
             for i in range(len(idx)):
-                yield {"inputs": np.asarray(tokens["inputs"][i], np.int32), "targets": np.asarray(tokens["targets"][i], np.int32)}
+                yield {"inputs": np.asarray(tokens["inputs"][i], np.int32),
+                       "targets": np.asarray(tokens["targets"][i], np.int32)}
 
     # ------------------------------------------------------------------------------ evaluation
     def postprocess(self, text: str, example: Mapping[str, Any] | None = None, is_target: bool = False) -> Any:
@@ -565,7 +566,8 @@ class Task:
             new_tps.append(tp)
         if unused:
             known = sorted(
-                {f.name for tp in self.token_preprocessors if dataclasses.is_dataclass(tp) for f in dataclasses.fields(tp)}
+                {f.name for tp in self.token_preprocessors if dataclasses.is_dataclass(tp)
+                 for f in dataclasses.fields(tp)}
             )
             raise TaskError(
                 f"Task '{self.name}': with_options got {sorted(unused)}, which no token preprocessor has; "

@@ -27,7 +27,8 @@ def _load(name: str):
 def test_train_bench_runs_see_the_same_examples_per_step():
     bench = _load("train")
     rng = np.random.default_rng(0)
-    examples = [{"inputs": rng.integers(2, 50, rng.integers(3, 120)), "targets": rng.integers(2, 50, rng.integers(1, 30))}
+    examples = [{"inputs": rng.integers(2, 50, rng.integers(3, 120)),
+                 "targets": rng.integers(2, 50, rng.integers(1, 30))}
                 for _ in range(200)]
     groups = bench.step_groups(examples, 16, seed=0)
     assert sorted(i for g in groups for i in g) == list(range(200)) and all(len(g) == 16 for g in groups[:-1])

@@ -35,7 +35,8 @@ def test_ranks_split_the_global_batch_without_duplicates() -> None:
         full, r0, r1 = (next(it) for it in iters)
         for key in ("encoder_input_tokens", "decoder_target_tokens"):
             assert _rows(r0, key) + _rows(r1, key) == _rows(full, key)
-        torch.testing.assert_close(torch.cat([r0["decoder_task_ids"], r1["decoder_task_ids"]]), full["decoder_task_ids"])
+        torch.testing.assert_close(torch.cat([r0["decoder_task_ids"], r1["decoder_task_ids"]]),
+                                   full["decoder_task_ids"])
         seen += _rows(r0, "encoder_input_tokens") + _rows(r1, "encoder_input_tokens")
     assert len(seen) == 20
 

@@ -140,7 +140,8 @@ def test_mixing_sweep_rows():
     assert plan.stage("mix_equal").mixing["rate"] == "equal"
     t2 = plan.stage("mix_temperature_t2").mixing
     assert t2["rate"] == "temperature" and t2["temperature"] == 2.0 and t2["max_examples"] == opts["temperature_k"]
-    assert plan.stage("mix_proportional_k256").mixing == {"rate": "proportional", "max_examples": 256, "temperature": 1.0}
+    assert plan.stage("mix_proportional_k256").mixing == {"rate": "proportional", "max_examples": 256,
+                                                          "temperature": 1.0}
 
 
 def test_rows_selection_keeps_only_needed_stages():
@@ -275,7 +276,8 @@ def test_experiment_options_are_checked_by_the_run_schema_at_composition():
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base=None):
-            cfg = compose(config_name="config", overrides=["experiment=strategies_tiny", "experiment_options.seeds=[1,2]"])
+            cfg = compose(config_name="config",
+                          overrides=["experiment=strategies_tiny", "experiment_options.seeds=[1,2]"])
             assert list(cfg.experiment_options.seeds) == [1, 2]
             for bad in ("experiment_options.pretrain_stepz=3", "experiment_options.seeds=[a]",
                         "experiment_options.pretrain_steps=many"):

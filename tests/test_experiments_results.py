@@ -93,7 +93,8 @@ def test_markdown_csv_json_png(tmp_path):
 
 def test_missing_stage_results_show_as_not_run(tmp_path):
     plan = plan_for(["pretrain_finetune", "multitask"])
-    partial = {k: v for k, v in fake_results(plan, {"pretrain_finetune": (1, 1, 1, 1), "multitask": (2, 2, 2, 2)}).items()
+    partial = {k: v
+               for k, v in fake_results(plan, {"pretrain_finetune": (1, 1, 1, 1), "multitask": (2, 2, 2, 2)}).items()
                if k == "multitask"}
     res = build_results(plan, partial, BENCH)
     assert [r["status"] for r in res["rows"]] == ["not run", "done"]

@@ -166,7 +166,8 @@ def test_split_sweep_jobs_fill_one_table(tmp_path):
 
 
 def test_overrides_apply_to_every_stage(tmp_path):
-    cfg = make_cfg(tmp_path, strategies=["multitask"], overrides={"data": {"batch_size": 2}, "eval": {"max_examples": 3}})
+    cfg = make_cfg(tmp_path, strategies=["multitask"],
+                   overrides={"data": {"batch_size": 2}, "eval": {"max_examples": 3}})
     seen = []
 
     def fit(c):

@@ -1,4 +1,5 @@
-"""The FLOPs/MFU arithmetic of bench/model.py and bench/gpu_check.py, checked against parameter counts of real models."""
+"""The FLOPs/MFU arithmetic of bench/model.py and bench/gpu_check.py,
+checked against parameter counts of real models."""
 
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ def test_raw_window_length_per_objective():
     assert obj.raw_window_length(seq) == 568
     assert obj.raw_window_length({"inputs": 512, "targets": 100}) < 568  # shortened so targets fit
     assert obj.raw_window_length(seq, noise_mask="prefix", inputs="drop", targets="noise") == 114
-    assert obj.raw_window_length({"inputs": 512, "targets": 512}, noise_mask="prefix", inputs="drop", targets="noise") == 512
+    assert obj.raw_window_length({"inputs": 512, "targets": 512}, noise_mask="prefix", inputs="drop",
+                                 targets="noise") == 512
     assert obj.raw_window_length(seq, noise_mask="iid", inputs="mask", targets="original") == 113
     assert obj.raw_window_length(seq, noise_mask="iid") == 511
 
@@ -123,7 +124,8 @@ _settings = settings(max_examples=60, deadline=None, suppress_health_check=[Heal
 
 
 @_settings
-@given(length=_lengths, density=_densities, span=_spans, seed=_seeds, mask_kind=st.sampled_from(["random_spans", "iid"]))
+@given(length=_lengths, density=_densities, span=_spans, seed=_seeds,
+       mask_kind=st.sampled_from(["random_spans", "iid"]))
 def test_sentinel_objectives_reconstruct_the_original(length, density, span, seed, mask_kind):
     tokens = _windows(3, length, seed % 1000)
     seeds = np.array([seed, seed ^ 1, seed // 3], dtype=np.uint64)
@@ -144,7 +146,8 @@ def test_sentinel_objectives_reconstruct_the_original(length, density, span, see
 
 
 @_settings
-@given(length=_lengths, density=_densities, span=_spans, seed=_seeds, mask_kind=st.sampled_from(["random_spans", "iid"]))
+@given(length=_lengths, density=_densities, span=_spans, seed=_seeds,
+       mask_kind=st.sampled_from(["random_spans", "iid"]))
 def test_drop_objective_partitions_the_tokens(length, density, span, seed, mask_kind):
     tokens = _windows(2, length, seed % 997)
     seeds = np.array([seed, ~np.uint64(seed)], dtype=np.uint64)
@@ -202,7 +205,8 @@ def test_deshuffle_is_a_permutation(length, seed):
 @given(
     seq_in=st.integers(min_value=8, max_value=600),
     seq_tg=st.integers(min_value=8, max_value=600),
-    objective=st.sampled_from(["span_corruption", "iid_replace_spans", "iid_drop", "mask_tokens", "bert_mlm", "prefix_lm", "deshuffle"]),
+    objective=st.sampled_from(["span_corruption", "iid_replace_spans", "iid_drop", "mask_tokens", "bert_mlm",
+                               "prefix_lm", "deshuffle"]),
     seed=_seeds,
 )
 def test_outputs_never_exceed_the_requested_lengths(seq_in, seq_tg, objective, seed):
@@ -234,7 +238,9 @@ def test_iid_rows_with_more_runs_than_sentinels_are_merged_not_failed():
         np.testing.assert_array_equal(_reconstruct(inputs, targets), row)
     untouched = runs < NUM_SENTINELS - 1
     for i in np.flatnonzero(untouched)[:50]:  # rows within the limit are exactly T5's
-        np.testing.assert_array_equal(out["inputs"][i], obj.noise_span_to_unique_sentinel(tokens[i : i + 1], mask[i : i + 1], VOCAB).values)
+        np.testing.assert_array_equal(
+            out["inputs"][i], obj.noise_span_to_unique_sentinel(tokens[i : i + 1], mask[i : i + 1], VOCAB).values
+        )
 
 
 def test_more_spans_than_sentinels_is_a_clear_error():
@@ -362,7 +368,8 @@ def test_same_seed_same_output_different_seed_different(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_results_do_not_depend_on_batching(name):
-    rows = [np.random.default_rng(i).integers(3, FIRST_SENTINEL, size=100 + 37 * (i % 3)).astype(np.int32) for i in range(64)]
+    rows = [np.random.default_rng(i).integers(3, FIRST_SENTINEL, size=100 + 37 * (i % 3)).astype(np.int32)
+            for i in range(64)]
     seeds = (np.arange(64, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(99)
     whole = _run(name, rows, seeds)
     for batch in (1, 7, 64):
@@ -406,7 +413,8 @@ def test_results_do_not_depend_on_dataloader_workers():
 
 @pytest.mark.parametrize("name", ALL)
 def test_degenerate_windows_and_dtypes(name):
-    rows = [np.array([5], np.int32), np.array([], np.int32), np.array([7, 8], np.int32), np.arange(3, 40, dtype=np.int32)]
+    rows = [np.array([5], np.int32), np.array([], np.int32), np.array([7, 8], np.int32),
+            np.arange(3, 40, dtype=np.int32)]
     out = _run(name, rows, np.arange(4, dtype=np.uint64))
     assert len(out["inputs"]) == len(out["targets"]) == 4
     assert all(x.dtype == np.int32 for k in ("inputs", "targets") for x in out[k])

@@ -145,7 +145,8 @@ class AddSeedToken:
         return f"{self.name}-{self.offset}"
 
     def __call__(self, batch, *, seeds, sequence_length, vocabulary):
-        tgt = [np.concatenate([[int(s % 7) + self.offset], t]).astype(np.int32) for t, s in zip(batch["targets"], seeds)]
+        tgt = [np.concatenate([[int(s % 7) + self.offset], t]).astype(np.int32)
+               for t, s in zip(batch["targets"], seeds)]
         return {"inputs": [t[:1] for t in batch["targets"]], "targets": tgt}
 
 

@@ -261,7 +261,8 @@ def test_super_glue_record_one_example_per_answer():
 
 
 WSC_ROW = {
-    "text": "Mark told Pete many lies about himself, which Pete included in his book. He should have been more truthful.",
+    "text": ("Mark told Pete many lies about himself, which Pete included in his book. "
+             "He should have been more truthful."),
     "span1_index": 0, "span1_text": "Mark", "span2_index": 13, "span2_text": "He", "idx": 0,
 }
 

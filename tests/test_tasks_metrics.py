@@ -85,7 +85,8 @@ def test_wsc_simple_postprocessor():
 
 
 def test_bleu_and_rouge():
-    assert TaskRegistry.get("wmt_ende").compute_metrics(["Das ist gut ."], ["Das ist gut ."]) == {"bleu": pytest.approx(100.0)}
+    assert (TaskRegistry.get("wmt_ende").compute_metrics(["Das ist gut ."], ["Das ist gut ."])
+            == {"bleu": pytest.approx(100.0)})
     low = metrics.bleu(["Das ist ein sehr gutes Haus ."], ["Ein Haus ."])["bleu"]
     assert 0 <= low < 30
     scores = TaskRegistry.get("cnn_dailymail").compute_metrics(["the cat sat on the mat ."], ["the cat sat ."])

@@ -6,7 +6,8 @@ and which tasks it evaluates. Stages are shared between rows by name, so a check
 from (the unsupervised pre-training of the baseline, which MT-DNN also fine-tunes) is trained once.
 
 Budgets follow the paper (Section 3.7.1/3.7.3): every path from random initialisation to an evaluated model
-trains N + M steps, N = `experiment_options.pretrain_steps` (2^19 in the paper), M = `experiment_options.finetune_steps` (2^18):
+trains N + M steps, N = `experiment_options.pretrain_steps` (2^19 in the paper),
+M = `experiment_options.finetune_steps` (2^18):
 
 ==============================  ================================================================  ==========
 strategy id                     stages                                                            evaluated
@@ -289,7 +290,8 @@ def _plan_strategies(block: Mapping, b: _Builder, mixing: Mapping) -> list[Row]:
             "(the unsupervised task, e.g. the span-corruption corpus task)"
         )
     if corpus in tasks:
-        raise ExperimentConfigError(f"experiment_options.corpus_task {corpus!r} must not also be in experiment_options.tasks")
+        raise ExperimentConfigError(f"experiment_options.corpus_task {corpus!r} "
+                                    "must not also be in experiment_options.tasks")
     pre_opt, ft_opt = dict(block.get("pretrain_optim") or {}), dict(block.get("finetune_optim") or {})
     frac = float(block.get("mtdnn_multitask_fraction", 0.5))
     if "mtdnn" in strategies and not 0.0 < frac < 1.0:
@@ -390,7 +392,8 @@ def _plan_sweep(block: Mapping, b: _Builder, mixing: Mapping) -> list[Row]:
             multitask(f"temperature_t{_name_part(t)}", f"Temperature-scaled, T = {_name_part(t)}",
                       {"rate": "temperature", "temperature": float(t), "max_examples": tk})
     if not rows:
-        raise ExperimentConfigError("the mixing sweep has no rows: set experiment_options.equal, experiment_options.proportional_k "
+        raise ExperimentConfigError("the mixing sweep has no rows: set experiment_options.equal, "
+                                    "experiment_options.proportional_k "
                                     "or experiment_options.temperatures")
     return rows
 
@@ -413,7 +416,8 @@ def make_plan(cfg: DictConfig | Mapping, select_rows: bool = True) -> Experiment
     block = experiment_block(cfg)
     name = str(block.get("name") or "")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ExperimentConfigError(f"experiment_options.name must be a plain folder name (letters, digits, _ . -), got {name!r}")
+        raise ExperimentConfigError("experiment_options.name must be a plain folder name (letters, digits, _ . -), "
+                                    f"got {name!r}")
     kind = block.get("kind")
     if kind not in KINDS:
         raise ExperimentConfigError(f"experiment_options.kind must be one of {KINDS}, got {kind!r}")
@@ -423,7 +427,8 @@ def make_plan(cfg: DictConfig | Mapping, select_rows: bool = True) -> Experiment
         mixing = dict(block["mixing"])
     elif kind == "strategies" and base_mixing is not None:
         # The multi-task stages follow the run's own mixing settings unless the experiment pins them.
-        mixing = OmegaConf.to_container(base_mixing, resolve=True) if isinstance(base_mixing, DictConfig) else dict(base_mixing)
+        mixing = (OmegaConf.to_container(base_mixing, resolve=True) if isinstance(base_mixing, DictConfig)
+                  else dict(base_mixing))
     b = _Builder(name)
     rows = _plan_strategies(block, b, mixing) if kind == "strategies" else _plan_sweep(block, b, mixing)
     wanted = block.get("rows") if select_rows else None

@@ -241,7 +241,8 @@ def compare_ordering(results: Mapping[str, Any]) -> dict[str, Any]:
     n = sum(1 for b in results["benchmarks"].values() if b == ours_key)
     full = BENCHMARK_TASK_COUNTS.get(ours_key)
     if ours_key == "overall" or (full and n < full):
-        subset = (f" Our {BENCHMARK_NAMES[ours_key]} average covers {n if ours_key != 'overall' else len(results['tasks'])}"
+        subset = (f" Our {BENCHMARK_NAMES[ours_key]} average covers "
+                  f"{n if ours_key != 'overall' else len(results['tasks'])}"
                   f" task(s), not the paper's full benchmark, so this is a rough check.")
     note = (("Our ordering matches the paper's" if matches else "Our ordering differs from the paper's")
             + f" ({agree}/{len(pairs)} pairs in the paper's order" + (f", {tied} tied" if tied else "")
@@ -294,7 +295,8 @@ def _columns(results: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         present = [k for k in PAPER_COLUMNS if k in matching and any(k in r["paper"] for r in results["rows"])]
         for k in present:
             cols.append((f"paper {PAPER_COLUMNS[k]}", "paper", k))
-    cols += [("steps", "compute", "steps"), ("tokens", "compute", "tokens"), ("wall time (s)", "compute", "wall_time_s")]
+    cols += [("steps", "compute", "steps"), ("tokens", "compute", "tokens"),
+             ("wall time (s)", "compute", "wall_time_s")]
     return cols
 
 

@@ -79,7 +79,8 @@ def objective_options(config: Mapping[str, Any] | None) -> dict[str, Any]:
     options = {k: v for k, v in dict(config).items() if k not in ("objective", "task") and v is not None}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise TaskError(f"objective config: unknown key(s) {unknown}; valid keys are objective, task, {sorted(allowed)}.")
+        raise TaskError(f"objective config: unknown key(s) {unknown}; "
+                        f"valid keys are objective, task, {sorted(allowed)}.")
     return options
 
 

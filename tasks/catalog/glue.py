@@ -31,7 +31,8 @@ def normalize_mrpc(row: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def normalize_stsb(row: dict[str, Any], index: int) -> dict[str, Any]:
-    """STS-B shipped rows use the GLUE TSV header (score, index, genre...); HF has {sentence1, sentence2, label, idx}."""
+    """STS-B shipped rows use the GLUE TSV header (score, index, genre...);
+    HF has {sentence1, sentence2, label, idx}."""
     return {"sentence1": row["sentence1"], "sentence2": row["sentence2"], "label": float(row["score"]),
             "idx": int(row["index"])}
 
@@ -56,7 +57,8 @@ _GLUE: dict[str, dict[str, Any]] = {
     "stsb": dict(labels=None, metrics=[metrics.pearson_corrcoef, metrics.spearman_corrcoef],
                  local="stsb", normalize=normalize_stsb),
     "mnli": dict(labels=MNLI_LABELS, metrics=[metrics.accuracy],
-                 hub_splits=["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]),
+                 hub_splits=["train", "validation_matched", "validation_mismatched", "test_matched",
+                             "test_mismatched"]),
     "mnli_matched": dict(labels=MNLI_LABELS, metrics=[metrics.accuracy], config="mnli",
                          hub_splits=["validation", "test"],
                          split_map={"validation": "validation_matched", "test": "test_matched"}),

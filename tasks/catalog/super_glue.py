@@ -56,7 +56,8 @@ def _classification(name: str, labels: list[str], metric_fns: list, *, local: st
     return Task(
         f"super_glue_{name}", source, prep,
         postprocess_fn=functools.partial(postprocessors.string_label_to_class_id, label_classes=labels),
-        metric_fns=metric_fns, label_choices=labels, benchmark="super_glue", description=f"SuperGLUE {name} (T5 format)",
+        metric_fns=metric_fns, label_choices=labels, benchmark="super_glue",
+        description=f"SuperGLUE {name} (T5 format)",
     )
 
 

@@ -78,7 +78,8 @@ def raw_window_length(
         raise ValueError(f"sequence_length {dict(sequence_length)} leaves no room for a token plus EOS.")
     if noise_mask == "prefix":
         return min(seq_in, seq_tg)
-    if noise_mask == "random_spans" and inputs in ("unique_sentinels", "drop") and targets in ("unique_sentinels", "noise"):
+    if (noise_mask == "random_spans" and inputs in ("unique_sentinels", "drop")
+            and targets in ("unique_sentinels", "noise")):
         extra_in = int(inputs == "unique_sentinels")
         extra_tg = int(targets == "unique_sentinels")
         raw, _ = masks.random_spans_helper(seq_in, noise_density, mean_noise_span_length, extra_in, extra_tg)
@@ -235,7 +236,8 @@ def span_corruption(
                    mean_noise_span_length=mean_noise_span_length, **kwargs)
 
 
-def iid_replace_spans(tokens: Tokens, seeds: np.ndarray, *, vocabulary_size: int, noise_density: float = 0.15, **kwargs):
+def iid_replace_spans(tokens: Tokens, seeds: np.ndarray, *, vocabulary_size: int, noise_density: float = 0.15,
+                      **kwargs):
     """"Replace corrupted spans": i.i.d. noise, each run of noise -> a sentinel; targets the runs."""
     return denoise(tokens, seeds, vocabulary_size=vocabulary_size, noise_mask="iid", inputs="unique_sentinels",
                    targets="unique_sentinels", noise_density=noise_density, **kwargs)

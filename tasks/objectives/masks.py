@@ -186,7 +186,8 @@ def cap_noise_spans(mask: np.ndarray, max_spans: int) -> np.ndarray:
 NOISE_MASKS = ("random_spans", "iid", "prefix", "all")
 
 
-def noise_mask(kind: str, length: int, noise_density: float, seeds: np.ndarray, mean_noise_span_length: float) -> np.ndarray:
+def noise_mask(kind: str, length: int, noise_density: float, seeds: np.ndarray,
+               mean_noise_span_length: float) -> np.ndarray:
     """Dispatch on a mask name (one of :data:`NOISE_MASKS`)."""
     if kind == "random_spans":
         return random_spans_noise_mask(length, noise_density, seeds, mean_noise_span_length)

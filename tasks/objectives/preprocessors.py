@@ -82,7 +82,8 @@ class Denoise:
         _validate_objective(self)
         probs_ok = 0 <= self.mask_prob and 0 <= self.random_prob and self.mask_prob + self.random_prob <= 1
         if self.inputs == "bert" and not probs_ok:
-            raise TaskError(f"objective {self.name!r}: need mask_prob, random_prob >= 0 and mask_prob + random_prob <= 1, "
+            raise TaskError(f"objective {self.name!r}: need mask_prob, random_prob >= 0 "
+                            "and mask_prob + random_prob <= 1, "
                             f"got {self.mask_prob}, {self.random_prob}.")
 
     def fingerprint(self) -> str:
@@ -222,7 +223,8 @@ class Deshuffle(Denoise):
 
 
 OBJECTIVES: dict[str, type[Denoise]] = {
-    cls().name: cls for cls in (SpanCorruption, IidReplaceSpans, IidDrop, MaskTokens, Mass, BertMLM, PrefixLM, Deshuffle)
+    cls().name: cls
+    for cls in (SpanCorruption, IidReplaceSpans, IidDrop, MaskTokens, Mass, BertMLM, PrefixLM, Deshuffle)
 }
 
 

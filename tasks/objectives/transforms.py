@@ -126,7 +126,8 @@ def noise_token_to_random_token_or_sentinel(
     """
     if mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1 + 1e-12:
         raise ValueError(
-            f"BERT rule needs mask_prob, random_prob >= 0 with mask_prob + random_prob <= 1; got {mask_prob}, {random_prob}."
+            "BERT rule needs mask_prob, random_prob >= 0 with mask_prob + random_prob <= 1; "
+            f"got {mask_prob}, {random_prob}."
         )
     high = vocabulary_size if random_high is None else random_high
     batch, length = tokens.shape
