@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_t5 import T5, T5Config  # noqa: E402
 from lightning_t5.flops import mfu, peak_flops  # noqa: E402
+from lightning_t5.hf import seqio_features  # noqa: E402
 from lightning_t5.fused import BACKENDS, FusedBackendError, describe_kernels, make_optimizer, resolve_backend  # noqa: E402
 
 PARITY_TOL = {"fp32": 2e-4, "bf16": 5e-2}  # max |logit diff| relative to the logits' max magnitude
@@ -66,15 +67,6 @@ def padded_batch(cfg: T5Config, batch: int, enc_len: int, dec_len: int, device: 
         labels[3 * batch // 4:, dec_len // 2:] = -100
     input_ids = input_ids.masked_fill(attention_mask == 0, 0)
     return {k: v.to(device) for k, v in dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels).items()}
-
-
-def to_seqio(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    weights = batch["labels"] != -100
-    targets = batch["labels"].masked_fill(~weights, 0)
-    decoder_inputs = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], dim=1)
-    return {"encoder_input_tokens": batch["input_ids"], "encoder_segment_ids": batch["attention_mask"],
-            "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
-            "decoder_loss_weights": weights.float()}
 
 
 def autocast(device: torch.device, dtype: str):
@@ -129,7 +121,7 @@ def check_backends(args: argparse.Namespace, device: torch.device, backends: lis
     base = T5Config.from_preset(args.parity_config, dropout_rate=0.0, z_loss=1e-4)
     torch.manual_seed(0)
     state = T5(base.replace(fused="none")).state_dict()
-    batch = to_seqio(padded_batch(base, 4, 128, 32, device))
+    batch = seqio_features(padded_batch(base, 4, 128, 32, device))
     rows = []
     for dtype in ("fp32", "bf16"):
         results = {}
@@ -172,7 +164,7 @@ def throughput(args: argparse.Namespace, device: torch.device, backends: list[st
     torch.manual_seed(0)
     state = T5(cfg0).state_dict()
     batch = padded_batch(cfg0, args.batch, args.enc_len, args.dec_len, device, pad_rows=False)
-    seqio = to_seqio(batch)
+    seqio = seqio_features(batch)
     peak = peak_flops(torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "bf16")
     tokens = args.batch * (args.enc_len + args.dec_len)
     runs: list[tuple[str, str, bool]] = [("hf", "torch", False)]

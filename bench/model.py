@@ -57,19 +57,6 @@ def make_batch(cfg, batch: int, enc_len: int, dec_len: int, device):
             dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels).items()}
 
 
-def to_seqio(batch: dict, start_token: int = 0) -> dict:
-    """The same padded batch as seqio features for our training path (identical tokens, masks and loss weights)."""
-    import torch
-
-    labels = batch["labels"]
-    weights = labels != -100
-    targets = labels.masked_fill(~weights, 0)
-    decoder_inputs = torch.cat([torch.full_like(targets[:, :1], start_token), targets[:, :-1]], dim=1)
-    return {"encoder_input_tokens": batch["input_ids"], "encoder_segment_ids": batch["attention_mask"],
-            "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
-            "decoder_loss_weights": weights.float()}
-
-
 def impl_dtype(impl: str, args: argparse.Namespace) -> str:
     """HF on CPU always runs fp32, its best CPU dtype; every other case runs the requested dtype."""
     return "fp32" if impl == "hf" and args.device == "cpu" else args.dtype
@@ -111,8 +98,10 @@ def build(impl: str, args: argparse.Namespace, device):
 def make_step(impl, model, optimizer, batch, args, device):
     import torch
 
+    from lightning_t5.hf import seqio_features
+
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=impl_dtype(impl, args) == "bf16")
-    seqio = to_seqio(batch) if impl == "ours" else None
+    seqio = seqio_features(batch) if impl == "ours" else None
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)

@@ -73,16 +73,6 @@ def hf_batch(chunk: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids_t, "attention_mask": (ids_t != 0).long(), "labels": torch.from_numpy(labels)}
 
 
-def seqio_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The identical padded batch as seqio features (decoder inputs = labels shifted right, start token 0)."""
-    weights = batch["labels"] != -100
-    targets = batch["labels"].masked_fill(~weights, 0)
-    decoder_inputs = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], dim=1)
-    return {"encoder_input_tokens": batch["input_ids"], "encoder_segment_ids": batch["attention_mask"],
-            "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
-            "decoder_loss_weights": weights.float()}
-
-
 def packed_batch(chunk: list[dict[str, np.ndarray]], seq: dict[str, int]) -> dict[str, torch.Tensor]:
     """The step's examples packed into as few fixed-length rows as they fit (empty rows dropped)."""
     from mixtures import FeatureConverter
@@ -117,6 +107,7 @@ def main() -> None:
     import transformers
 
     from lightning_t5 import T5, T5Config
+    from lightning_t5.hf import seqio_features
 
     torch.set_flush_denormal(True)  # process-wide: all three runs alike
     torch.manual_seed(args.seed)
@@ -125,7 +116,7 @@ def main() -> None:
     effective = int(sum(len(e["inputs"]) + len(e["targets"]) for e in examples))
     groups = [[examples[i] for i in g] for g in step_groups(examples, args.batch_size, args.seed)]
     padded_hf = [hf_batch(g) for g in groups]
-    padded = [seqio_batch(b) for b in padded_hf]
+    padded = [seqio_features(b) for b in padded_hf]
     packed = [packed_batch(g, seq) for g in groups]
 
     cfg = T5Config.from_preset("tiny")

@@ -166,3 +166,15 @@ def save_hf(model: T5, path: str | os.PathLike) -> None:
     hf_config["dtype"] = str(state["shared.weight"].dtype).replace("torch.", "")
     (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     save_file(state, str(directory / SAFE_WEIGHTS), metadata={"format": "pt"})
+
+
+def seqio_features(batch: dict[str, torch.Tensor], start_token: int = 0) -> dict[str, torch.Tensor]:
+    """A padded Hugging Face batch (`input_ids`, `attention_mask`, `labels` with -100 on padding) as the seqio
+    features our training path takes: the same tokens, masks and loss weights, decoder inputs = labels shifted
+    right with `start_token` first. Benchmarks use it to give both implementations identical work."""
+    weights = batch["labels"] != -100
+    targets = batch["labels"].masked_fill(~weights, 0)
+    decoder_inputs = torch.cat([torch.full_like(targets[:, :1], start_token), targets[:, :-1]], dim=1)
+    return {"encoder_input_tokens": batch["input_ids"], "encoder_segment_ids": batch["attention_mask"],
+            "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
+            "decoder_loss_weights": weights.float()}

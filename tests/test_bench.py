@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_t5.hf import seqio_features
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +39,7 @@ def test_train_bench_runs_see_the_same_examples_per_step():
     packed_rows = 0
     for chunk in by_step:
         hf = bench.hf_batch(chunk)
-        ours = bench.seqio_batch(hf)
+        ours = seqio_features(hf)
         packed = bench.packed_batch(chunk, {"inputs": 128, "targets": 32})
 
         def tokens(ids: torch.Tensor) -> list[int]:
