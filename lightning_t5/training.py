@@ -245,11 +245,13 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     from lightning_t5.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
     from lightning_t5.rank_agreement import RankAgreement
 
-    _prepare_training_data(cfg, setup)
+    datamodule = _build_datamodule(cfg, setup)
+    # token caches (streaming corpora must be cached offline, else an error gives the command) and the repetition
+    # guard, before the model is built or anything slow starts
+    datamodule.prepare_training_data()
     truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
     _seed_and_precision(cfg)
     module = _build_module(cfg, setup)
-    datamodule = _build_datamodule(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
     interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
     agreement = RankAgreement(int(cfg.seed), setup.vocab_fingerprint)  # ranks agree on seed, rates, data, batch
@@ -276,16 +278,6 @@ def resolve_run_config(cfg: Any, overrides: Sequence[str] | None = None) -> Dict
     if raw_resume not in (None, "auto") and overrides is not None and not str(raw_resume).endswith(".ckpt"):
         cfg = load_resume_config(raw_resume, overrides)
     return prepare_config(cfg)
-
-
-def _prepare_training_data(cfg: DictConfig, setup: RunSetup) -> None:
-    """Token caches (streaming corpora must be cached offline, else an error gives the command) and the repetition
-    guard, before the model is built or anything slow starts."""
-    from lightning_t5.data import MixtureDataModule
-
-    MixtureDataModule(setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), imports=list(cfg.imports or []),
-                      total_batches=int(cfg.trainer.max_steps) * int(cfg.trainer.accumulate_grad_batches),
-                      ).prepare_training_data()
 
 
 def _seed_and_precision(cfg: DictConfig) -> None:
