@@ -1,4 +1,5 @@
-"""End-to-end training throughput on the `default` mixture, in effective (non-pad) tokens per second.
+"""End-to-end training throughput on the `default_with_corpus` mixture (the CPU subset + the corpus), in effective
+(non-pad) tokens per second.
 
     .venv/bin/python bench/train.py [--examples 768] [--batch-size 32] [--rounds 2]
 
@@ -36,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def draw_examples(n: int, sequence_length: dict[str, int], seed: int) -> list[dict[str, np.ndarray]]:
-    """The first `n` examples the default mixture's sampler yields (unpacked rows, padding stripped)."""
+    """The first `n` examples the `default_with_corpus` mixture's sampler yields (unpacked rows, padding stripped)."""
     from mixtures import MixtureDataset, MixtureRegistry
 
-    ds = MixtureDataset(MixtureRegistry.get("default"), sequence_length=sequence_length, batch_size=64, pack=False,
-                        seed=seed)
+    ds = MixtureDataset(MixtureRegistry.get("default_with_corpus"), sequence_length=sequence_length, batch_size=64,
+                        pack=False, seed=seed)
     out: list[dict[str, np.ndarray]] = []
     for batch in ds:
         enc, tgt = batch["encoder_input_tokens"].numpy(), batch["decoder_target_tokens"].numpy()
@@ -152,7 +153,7 @@ def main() -> None:
         slots = sum(b["encoder_input_tokens"].numel() + b["decoder_target_tokens"].numel() for b in batches)
         return effective / slots
 
-    print(f"default mixture, {len(examples)} examples in {len(groups)} optimizer steps of {args.batch_size} "
+    print(f"default_with_corpus, {len(examples)} examples in {len(groups)} optimizer steps of {args.batch_size} "
           f"(length-grouped as Trainer(group_by_length=True)), {effective:,} effective tokens, Adafactor for all, "
           f"flush_denormal for all, torch threads {torch.get_num_threads()}, CPU count {os.cpu_count()}")
     print(f"params: ours {n_ours:,}, transformers {n_hf:,}")

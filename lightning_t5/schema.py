@@ -126,7 +126,7 @@ class EvalConfig:
 
     tasks: Optional[List[str]] = None  # None: the supervised tasks of the mixture
     split: str = "validation"
-    max_examples: Optional[int] = 128  # per task; None = the whole split
+    max_examples: Optional[int] = None  # per task; None = the whole split (scores with the narrowest intervals)
     batch_size: int = 64
     # None: each task's longest eval target (capped by data.sequence_length.targets)
     max_new_tokens: Optional[int] = None

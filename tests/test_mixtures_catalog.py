@@ -17,7 +17,8 @@ SEQ = {"inputs": 64, "targets": 16}
 def test_registry_lists_t5_catalog_names():
     names = MixtureRegistry.names()
     for n in ["glue", "super_glue", "all_supervised", "all_equal", "all_proportional", "all_mix",
-              "large_supervised_equal", "large_supervised_proportional", "default", "leave_one_out_glue_sst2",
+              "large_supervised_equal", "large_supervised_proportional", "default", "default_with_corpus",
+              "leave_one_out_glue_sst2",
               "leave_one_out_super_glue_cb", "leave_one_out_squad"]:
         assert n in names, n
     assert not any(n.startswith("leave_one_out_corpus") for n in names)
@@ -64,8 +65,16 @@ def test_all_proportional_halves_glue_rte_and_all_mix_fixes_corpus_rate():
     assert not any(n.startswith("glue_") for n in MixtureRegistry.get("leave_one_out_glue").task_names)
 
 
-def test_default_mixture_formula_and_validation():
+def test_default_mixture_is_the_supervised_subset_examples_proportional():
     mix = MixtureRegistry.get("default")
+    mix.validate()
+    assert mix.task_names == catalog.DEFAULT_TASKS  # no corpus: see the comment in mixtures/catalog.py
+    sizes = {t.name: min(t.num_examples("train"), 4096) for t in mix.tasks}
+    assert mix.rates() == pytest.approx({k: v / sum(sizes.values()) for k, v in sizes.items()}, abs=1e-12)
+
+
+def test_default_with_corpus_mixture_formula_and_validation():
+    mix = MixtureRegistry.get("default_with_corpus")
     mix.validate()
     assert set(mix.task_names) == set(catalog.DEFAULT_TASKS + [catalog.CORPUS])
     r = mix.rates()
@@ -97,7 +106,7 @@ def test_default_mixture_real_batches(pack):
 
 
 def test_cli_show_json_and_table(capsys):
-    assert main(["show", "default", "--json", "-n", "20000", "mixing.max_examples=2048"]) == 0
+    assert main(["show", "default_with_corpus", "--json", "-n", "20000", "mixing.max_examples=2048"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == set(catalog.DEFAULT_TASKS + [catalog.CORPUS])
     assert sum(v["share"] for v in out.values()) == pytest.approx(1.0)
