@@ -41,6 +41,10 @@ def test_scores_averages_and_compute():
                                                   "multitask": (50, 40, 30, 20)}), BENCH)
     base, mt = res["rows"]
     assert task_score({"f1": 80, "accuracy": 70, "loss": 3.0}) == 75  # loss is not a score
+    # constant predictions: an undefined correlation counts as 0 (chance), it does not drop out of the average
+    assert task_score({"pearson_corrcoef": None, "spearman_corrcoef": float("nan")}) == 0
+    assert task_score({"pearson_corrcoef": 40.0, "spearman_corrcoef": None}) == 20
+    assert task_score({"accuracy": None}) is None  # an accuracy is never undefined: no value, no score
     assert base["task_scores"] == {"glue_mrpc": 75, "glue_rte": 60, "super_glue_cb": 90}
     assert base["averages"]["glue"] == pytest.approx(67.5) and base["averages"]["super_glue"] == 90
     assert base["averages"]["overall"] == pytest.approx(75)

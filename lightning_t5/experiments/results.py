@@ -38,14 +38,22 @@ def _mean(values: list[float]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _score_value(metric: str, value: Any) -> float | None:
+    """A metric's value for averaging. A correlation (Pearson, Spearman, MCC) of constant predictions is undefined
+    (NaN/null); it counts as 0, no correlation, so a model or the majority class that predicts one value is scored
+    at chance instead of dropping the task from its average (which would compare averages over different tasks)."""
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return 0.0 if metric.endswith("corrcoef") else None
+
+
 def task_score(metrics: Mapping[str, float], rank: bool = False) -> float | None:
     """The paper's per-task score: mean of the task's metrics (all on 0-100).
 
     `rank=False` uses the generation metrics (what the paper reports); `rank=True` the rank-classification ones
     (`rank_*`: each label string scored by likelihood), which separate small models that do not yet generate
-    valid labels."""
-    return _mean([float(v) for k, v in metrics.items()
-                  if _is_score(k) and k.startswith("rank_") == rank and isinstance(v, (int, float))])
+    valid labels. An undefined correlation counts as 0 (see `_score_value`)."""
+    return _mean([_score_value(k, v) for k, v in metrics.items() if _is_score(k) and k.startswith("rank_") == rank])
 
 
 def _averages(tasks: list[str], scores: Mapping[str, float | None], benchmarks: Mapping[str, str | None]
@@ -185,7 +193,8 @@ def majority_row(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, 
     for res in stage_results.values():
         for task, maj in (res.get("majority") or {}).items():
             if task in plan.tasks and maj and task not in metrics:
-                metrics[task] = {k: float(v) for k, v in (maj.get("metrics") or {}).items() if _finite(v) is not None}
+                metrics[task] = {k: value for k, v in (maj.get("metrics") or {}).items()
+                                 if (value := _score_value(k, v)) is not None}
     if not metrics:
         return None
     scores = {t: task_score(m) for t, m in metrics.items()}
@@ -471,7 +480,8 @@ def _per_task_table(results: Mapping[str, Any]) -> list[str]:
     head = ["row"] + [f"{t} {m}" + (f" (n={counts[t]})" if t in counts else "") for t, m in cols]
     lines = ["Per-task scores" + (" (value [95 % CI]; * = task score differs from the baseline's, Holm-adjusted "
                                   "paired test; ≤maj = not above the majority class; (maj*) = significantly above "
-                                  "it)" if results.get("test") else "") + ":", "",
+                                  "it)" if results.get("test") else "")
+             + "; a correlation of constant predictions (the majority class) is undefined and counts as 0:", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     rows = list(results["rows"])
     for row in rows:
