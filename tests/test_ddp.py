@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_train_helpers import CONFIG_DIR, FAST, TEST_MIXTURE, read_losses
+from test_train_helpers import CONFIG_DIR, FAST, TEST_MIXTURE, read_losses, sigkill_after_logged_steps
 
 REPO = Path(CONFIG_DIR).parent
 
@@ -91,26 +91,14 @@ def test_two_process_ddp_resumes_after_sigkill_with_the_same_losses(tmp_path: Pa
     """SIGKILL both ranks of `python train.py trainer.strategy=ddp trainer.devices=2 ...` after step 4, then resume:
     every rank must get back its own data-loader position (a single-file checkpoint is written by rank 0), so the
     steps after the last checkpoint (step 3) are redone on the same examples and every loss matches the reference."""
-    import signal
-    import time
-
     ddp = ["data.batch_size=2", "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_steps=8"]
     reference = _train(tmp_path, "reference", 1, ["data.batch_size=4", "trainer.max_steps=8"])
     overrides = [*FAST, "imports=[test_train_helpers]", f"output_dir={tmp_path}", "run_name=killed",
                  "data.pack=false", "model.dropout_rate=0.0", "eval.max_examples=6", *ddp]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "train.py", *overrides], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = run_dir / "train_log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 4:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert 4 <= max(read_losses(run_dir)) < 8, "the run finished before it could be killed"
+    killed_at = sigkill_after_logged_steps([sys.executable, "train.py", *overrides], REPO, env, run_dir, 4)
+    assert 4 <= killed_at < 8, "the run finished before it could be killed"
     resumed = subprocess.run([sys.executable, "train.py", *overrides, f"resume={run_dir}"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
