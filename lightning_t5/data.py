@@ -45,10 +45,34 @@ class SizedStream(IterableDataset):
         return self.length
 
     def state_dict(self) -> dict[str, Any]:
-        return self.dataset.state_dict()
+        """This rank's stream position, or, in a multi-process run, every rank's (`{"ranks": [...]}`).
+
+        Lightning writes a single-file (DDP) checkpoint from rank 0 only, with rank 0's loader state; each rank must
+        resume from its own position, so the states are gathered here (every rank reaches this point: Lightning
+        builds the checkpoint dict on all ranks) and `load_state_dict` picks the rank's own."""
+        state = self.dataset.state_dict()
+        world = _world_size()
+        if world == 1:
+            return state
+        states: list[Any] = [None] * world
+        torch.distributed.all_gather_object(states, state)
+        return {"ranks": states}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "ranks" in state:
+            ranks = list(state["ranks"])
+            world = _world_size()
+            if len(ranks) != world:
+                raise RuntimeError(f"the checkpoint holds the data-loader positions of {len(ranks)} processes but this "
+                                   f"run has {world}; resume with the same number of processes (trainer.devices x "
+                                   "trainer.num_nodes).")
+            state = ranks[torch.distributed.get_rank() if world > 1 else 0]
         self.dataset.load_state_dict(state)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class MixtureDataModule(pl.LightningDataModule):

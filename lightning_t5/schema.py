@@ -26,6 +26,7 @@ from lightning_t5.config import ATTENTION_CHOICES, T5Config
 from lightning_t5.fused import BACKENDS, OPTIMIZERS
 from lightning_t5.schedules import SCHEDULES
 from mixtures.rates import RATE_NAMES, SIZE_SOURCES, MixingConfig
+from mixtures.sampler import GRANULARITIES
 
 __all__ = [
     "ConfigError",
@@ -238,7 +239,7 @@ def register_schema() -> None:
 CHOICES: dict[str, tuple[Any, ...]] = {
     "mixing.rate": RATE_NAMES,
     "mixing.size_source": SIZE_SOURCES,
-    "data.granularity": ("example", "batch"),
+    "data.granularity": GRANULARITIES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
     "model.fused": BACKENDS,

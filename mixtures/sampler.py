@@ -63,6 +63,10 @@ from .packing import FirstFitPacker, assemble, compact_offsets, to_torch
 from .permutation import FeistelPermutation
 from .rates import MixingConfig
 
+#: How a batch's rows choose their task (the one list; `lightning_t5.schema` validates `data.granularity` with it).
+GRANULARITIES: tuple[str, ...] = ("example", "batch")
+EPOCH_MODES: tuple[str, ...] = ("continuous", "all_seen")
+
 log = logging.getLogger(__name__)
 
 _TAG_PADDED, _TAG_PACKED, _TAG_BATCH, _TAG_PERM = 1, 2, 3, 4
@@ -299,10 +303,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             raise MixtureError(f"sequence_length values must be positive, got {self.sequence_length}.")
         if not (isinstance(batch_size, int) and batch_size > 0):
             raise MixtureError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if granularity not in ("example", "batch"):
-            raise MixtureError(f"granularity={granularity!r}; valid: example, batch.")
-        if epoch_mode not in ("continuous", "all_seen"):
-            raise MixtureError(f"epoch_mode={epoch_mode!r}; valid: continuous, all_seen.")
+        if granularity not in GRANULARITIES:
+            raise MixtureError(f"granularity={granularity!r}; valid: {', '.join(GRANULARITIES)}.")
+        if epoch_mode not in EPOCH_MODES:
+            raise MixtureError(f"epoch_mode={epoch_mode!r}; valid: {', '.join(EPOCH_MODES)}.")
         if not (0 <= rank < world_size):
             raise MixtureError(f"rank {rank} must be in [0, world_size={world_size}).")
         if num_batches is not None and num_batches < 0:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_train_helpers import CONFIG_DIR, FAST, TEST_MIXTURE, read_losses
+from test_train_helpers import CONFIG_DIR, FAST, TEST_MIXTURE, read_losses, sigkill_after_logged_steps
 
 REPO = Path(CONFIG_DIR).parent
 
@@ -84,3 +84,24 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     for task in ma:
         for key, value in ma[task].items():
             assert mb[task][key] == pytest.approx(value, abs=1e-6), (task, key)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_resumes_after_sigkill_with_the_same_losses(tmp_path: Path) -> None:
+    """SIGKILL both ranks of `python train.py trainer.strategy=ddp trainer.devices=2 ...` after step 4, then resume:
+    every rank must get back its own data-loader position (a single-file checkpoint is written by rank 0), so the
+    steps after the last checkpoint (step 3) are redone on the same examples and every loss matches the reference."""
+    ddp = ["data.batch_size=2", "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_steps=8"]
+    reference = _train(tmp_path, "reference", 1, ["data.batch_size=4", "trainer.max_steps=8"])
+    overrides = [*FAST, "imports=[test_train_helpers]", f"output_dir={tmp_path}", "run_name=killed",
+                 "data.pack=false", "model.dropout_rate=0.0", "eval.max_examples=6", *ddp]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "killed"
+    killed_at = sigkill_after_logged_steps([sys.executable, "train.py", *overrides], REPO, env, run_dir, 4)
+    assert 4 <= killed_at < 8, "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "train.py", *overrides, f"resume={run_dir}"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected, losses = read_losses(reference), read_losses(run_dir)
+    assert sorted(losses) == list(range(1, 9))
+    np.testing.assert_allclose([losses[s] for s in range(1, 9)], [expected[s] for s in range(1, 9)], rtol=2e-5)

@@ -80,6 +80,53 @@ def test_local_executor_runs_in_plan_order() -> None:
     assert starts == sorted(starts)
 
 
+class _InstantJobs:
+    """A submitit-like executor whose jobs run at submit time and report done after a few polls; it records how many
+    jobs were running (submitted, not yet reported done) whenever one is submitted."""
+
+    def __init__(self) -> None:
+        self.running: list = []
+        self.peak = 0
+
+    def submit(self, fn, *args):
+        executor = self
+
+        class Job:
+            job_id = f"job{len(executor.running)}"
+            polls = 0
+            value = fn(*args)
+
+            def done(self) -> bool:
+                self.polls += 1
+                if self.polls >= 3 and self in executor.running:
+                    executor.running.remove(self)
+                return self.polls >= 3
+
+            def result(self):
+                return self.value
+
+        job = Job()
+        self.running.append(job)
+        self.peak = max(self.peak, len(self.running))
+        return job
+
+
+@pytest.mark.parametrize("cap, peak", [(None, 3), (1, 1), (2, 2)])
+def test_max_parallel_stages_caps_the_running_jobs(monkeypatch: pytest.MonkeyPatch, cap, peak) -> None:
+    from lightning_t5.experiments import executors
+
+    monkeypatch.setattr(executors, "_POLL_S", 0.001)
+    jobs = _InstantJobs()
+    quick = lambda cfg: {"checkpoint": f"{cfg.run_dir}/last.ckpt", "steps": cfg.steps}  # noqa: E731
+    results, _ = executors._run_submitit(STAGES, _prepare(), quick, jobs, {}, None, cap)
+    assert set(results) == {s.name for s in STAGES}
+    assert jobs.peak == peak  # no cap: pretrain + multitask, then ft_a + ft_b + multitask__ft_a at once
+    assert executors.check_max_parallel({"max_parallel_stages": 2}) == 2
+    assert executors.check_max_parallel({}) is None
+    with pytest.raises(ExperimentConfigError, match="max_parallel_stages=0 must be a positive integer"):
+        executors.check_max_parallel({"max_parallel_stages": 0})
+
+
 @pytest.mark.slow  # each job is a fresh Python process (~10 s each on 2 busy cores)
 def test_submitit_local_runs_independent_stages_concurrently(tmp_path: Path) -> None:
     reuse = {"multitask": {"checkpoint": "multitask/last.ckpt", "steps": 6}}  # finished earlier: not submitted

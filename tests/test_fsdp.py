@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train_helpers import CONFIG_DIR, FAST, compose_config, read_losses
+from test_train_helpers import CONFIG_DIR, FAST, compose_config, read_losses, sigkill_after_logged_steps
 
 REPO = Path(CONFIG_DIR).parent
 # 8 steps, padded batches, no dropout, two layers per stack (so blocks 1.. are their own FSDP units), per-block
@@ -141,17 +140,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_losses(runs: Path) -> None:
     `resume=<run dir>`: steps after the last complete checkpoint are redone and every loss matches the reference."""
     out = runs / "kill"
     run_dir = out / "killed"
-    proc = subprocess.Popen(_train_cmd(out, "killed", *SHARDED), cwd=REPO, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = run_dir / "train_log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 4:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
-    killed_at = max(read_losses(run_dir))
+    killed_at = sigkill_after_logged_steps(_train_cmd(out, "killed", *SHARDED), REPO, _env(), run_dir, 4)
     assert 4 <= killed_at < 8, "the run finished before it could be killed"
     from lightning_t5.checkpoint import find_last_checkpoint
 

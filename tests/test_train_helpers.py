@@ -8,6 +8,10 @@ tasks (two GLUE classification tasks plus the span-corruption corpus task).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +61,20 @@ def read_losses(run_dir: str | Path) -> dict[int, float]:
 
 # Importable through the run config's `imports: [test_train_helpers]` (the DDP test's torchrun processes use it).
 register_test_mixture()
+
+
+def sigkill_after_logged_steps(cmd: list[str], cwd: Path, env: dict[str, str], run_dir: Path, steps: int,
+                               timeout: float = 300) -> int:
+    """Start `cmd` (a `python train.py ...` that may launch more ranks) in its own process group, SIGKILL the whole
+    group once `run_dir/train_log.jsonl` has `steps` lines (as a pre-emption would), and return the last logged step."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = Path(run_dir) / "train_log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= steps:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    return max(read_losses(run_dir))

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, open_dict
 
 from .plan import ExperimentConfigError, Stage
 
-__all__ = ["EXECUTORS", "StageWork", "check_executor_options", "run_stages"]
+__all__ = ["EXECUTORS", "StageWork", "check_executor_options", "check_max_parallel", "run_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +114,32 @@ def _submitit_executor(kind: str, folder: Path, cluster: Mapping[str, Any]) -> A
     return executor
 
 
+def check_max_parallel(block: Mapping[str, Any]) -> int | None:
+    """`experiment_options.max_parallel_stages`: null (no cap) or a positive number of stages running at once."""
+    value = block.get("max_parallel_stages")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExperimentConfigError(f"experiment_options.max_parallel_stages={value!r} must be a positive integer or "
+                                    "null (no cap).")
+    return int(value)
+
+
 def run_stages(stages: Sequence[Stage], prepare: Callable[[Stage, Mapping[str, dict[str, Any]]], StageWork],
                fit_fn: Callable[[DictConfig], Mapping[str, Any]], *, executor: str = "local",
                cluster: Mapping[str, Any] | None = None, folder: Path | None = None,
-               setup: Callable[[], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+               setup: Callable[[], None] | None = None, max_parallel: int | None = None
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
     """Run `stages` (plan order; a stage depends on its `init_stage`) and return (results by stage name,
-    stage_times: {stage: {"start", "end" (unix seconds), "reused"}})."""
+    stage_times: {stage: {"start", "end" (unix seconds), "reused"}}). `max_parallel` caps the submitit jobs
+    running at once (null: every stage whose starting point is finished is submitted; on one machine with
+    `submitit_local` that can be a dozen trainings sharing its cores); the local executor runs one at a time."""
     if executor == "local":
         return _run_local(stages, prepare, fit_fn)
     if folder is None:
         raise ValueError("a submitit executor needs a folder for its job files")
     return _run_submitit(stages, prepare, fit_fn, _submitit_executor(executor, folder, cluster or {}),
-                         cluster or {}, setup)
+                         cluster or {}, setup, max_parallel)
 
 
 def _run_local(stages: Sequence[Stage], prepare: Callable[..., StageWork], fit_fn: Callable[..., Any]
@@ -146,8 +160,8 @@ def _run_local(stages: Sequence[Stage], prepare: Callable[..., StageWork], fit_f
 
 
 def _run_submitit(stages: Sequence[Stage], prepare: Callable[..., StageWork], fit_fn: Callable[..., Any],
-                  executor: Any, cluster: Mapping[str, Any], setup: Callable[[], None] | None
-                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+                  executor: Any, cluster: Mapping[str, Any], setup: Callable[[], None] | None,
+                  max_parallel: int | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
     results: dict[str, dict[str, Any]] = {}
     times: dict[str, dict] = {}
     pending = list(stages)
@@ -156,6 +170,8 @@ def _run_submitit(stages: Sequence[Stage], prepare: Callable[..., StageWork], fi
     while pending or running:
         if error is None:  # submit every stage whose starting point is finished
             for stage in [s for s in pending if s.init_stage is None or s.init_stage in results]:
+                if max_parallel is not None and len(running) >= max_parallel:
+                    break
                 pending.remove(stage)
                 work = prepare(stage, results)
                 if work.done is not None:

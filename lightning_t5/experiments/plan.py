@@ -62,7 +62,7 @@ STRATEGIES: dict[str, str] = {
     "no_pretraining": "No pre-training",
 }
 KINDS = ("strategies", "mixing_sweep")
-GRANULARITIES = ("example", "batch")
+
 
 class ExperimentConfigError(ConfigError):
     """The experiment settings are inconsistent; the message names the `experiment_options.<key>` and the valid

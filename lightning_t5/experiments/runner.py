@@ -30,7 +30,7 @@ from lightning_t5.schema import ConfigError
 
 from lightning_t5.evaluation import write_json
 
-from .executors import StageWork, check_executor_options, run_stages
+from .executors import StageWork, check_executor_options, check_max_parallel, run_stages
 from .options import ExperimentOptions
 from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
 from .results import build_results, write_results
@@ -315,7 +315,7 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
     executor, cluster = check_executor_options(experiment_block(cfg))
     results, stage_times = run_stages(plan.stages, prepare, fit_fn, executor=executor, cluster=cluster,
                                       folder=out / "submitit", setup=(lambda: register_mixtures(plan)) if register
-                                      else None)
+                                      else None, max_parallel=check_max_parallel(experiment_block(cfg)))
 
     # Rows not selected in this invocation (experiment_options.rows) still appear with whatever earlier runs of
     # the same experiment folder finished, so the last job of a split sweep writes the whole table.
