@@ -6,7 +6,7 @@
     python train.py experiment=<name>                 # one of the T5 paper's comparisons (lightning_t5.experiments)
     python train.py imports=[my_tasks] mixture=my_mix  # or --imports my_tasks, anywhere: your own tasks/mixtures
 
-All logic lives in lightning_t5.training.fit / lightning_t5.experiments.run_experiment; this file only composes the
+All logic lives in lightning_t5.train.fit.fit / lightning_t5.experiments.run_experiment; this file only composes the
 config and turns configuration errors into one readable paragraph and exit status 2.
 """
 
@@ -19,7 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lightning_t5.schema import ConfigError, check_overrides, register_schema
+from lightning_t5.errors import ConfigError
+from lightning_t5.train.schema import check_overrides, register_schema
 from tasks import TaskError, pop_imports
 
 register_schema()
@@ -37,9 +38,8 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from lightning_t5.checkpoint import CheckpointError, RunInterrupted
-    from lightning_t5.fused import FusedBackendError
-    from lightning_t5.schema import ConfigError
+    from lightning_t5.errors import CheckpointError, RunInterrupted
+    from lightning_t5.model.fused import FusedBackendError
     from mixtures import MixtureError
     from tasks.errors import TaskError
 
@@ -53,7 +53,7 @@ def main(cfg: DictConfig) -> None:
                 cfg.experiment = experiment
             run_experiment(cfg)
         else:
-            from lightning_t5.training import fit
+            from lightning_t5.train.fit import fit
 
             fit(cfg, overrides=list(hydra_cfg.overrides.task))
     except (ConfigError, CheckpointError, FusedBackendError, MixtureError, TaskError) as err:

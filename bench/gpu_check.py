@@ -9,7 +9,7 @@
 2. Backend equivalence: every installed backend (`torch`, and `apex`, `liger` where they resolve) against the
    plain `none` path: training loss and gradients on one batch, fp32 and bf16, plus the kernels each one ran.
 3. Training-step throughput of t5_1_1_base at 512/114 (full rows, bf16 autocast, fused AdamW for both): tokens/s
-   and MFU (`lightning_t5.flops`, the T5 formula; peak from its table) for ours on each installed backend, with
+   and MFU (`lightning_t5.model.flops`, the T5 formula; peak from its table) for ours on each installed backend, with
    and without torch.compile, against transformers on the same GPU. Goal: >= 45 % MFU and >= 1.5x HF.
 
 Prints a summary and, with --json, one final line `GPU_CHECK_JSON {...}`. Without CUDA it says so and exits 0.
@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_t5 import T5, T5Config  # noqa: E402
-from lightning_t5.flops import mfu, peak_flops  # noqa: E402
-from lightning_t5.hf import seqio_features  # noqa: E402
-from lightning_t5.fused import BACKENDS, FusedBackendError, describe_kernels, make_optimizer, resolve_backend  # noqa: E402
+from lightning_t5.model.flops import mfu, peak_flops  # noqa: E402
+from lightning_t5.model.hf import seqio_features  # noqa: E402
+from lightning_t5.model.fused import BACKENDS, FusedBackendError, describe_kernels, make_optimizer, resolve_backend  # noqa: E402
 
 PARITY_TOL = {"fp32": 2e-4, "bf16": 5e-2}  # max |logit diff| relative to the logits' max magnitude
 

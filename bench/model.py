@@ -1,7 +1,7 @@
 """Training-step throughput of lightning_t5.T5 vs transformers' T5ForConditionalGeneration.
 
 Both models get the same config, the same weights and the same unpacked, padded batch, and take full training steps
-(forward, backward, the same optimizer: `lightning_t5.fused.make_optimizer("adamw")`, i.e. torch AdamW(fused=True)
+(forward, backward, the same optimizer: `lightning_t5.model.fused.make_optimizer("adamw")`, i.e. torch AdamW(fused=True)
 on CPU, Apex FusedAdam under fused=apex). HF gets input_ids + attention_mask + labels (-100 on padding) through its
 own forward and loss; ours gets the same tokens as seqio features (encoder_segment_ids = attention_mask,
 decoder_loss_weights = labels != -100) through its training path, `model(**batch, return_loss=True)`: the same
@@ -13,7 +13,7 @@ counts (robust on a shared, noisy machine). Peak memory: each implementation alo
 training step taken after the optimizer state exists. CPU peak = max RSS minus the RSS before the model was built;
 CUDA peak = torch.cuda.max_memory_allocated.
 
-On CUDA the bench also reports MFU = model FLOPs/s / the GPU's peak (`lightning_t5.flops`, the T5 formula, not
+On CUDA the bench also reports MFU = model FLOPs/s / the GPU's peak (`lightning_t5.model.flops`, the T5 formula, not
 6*N*T).
 
     python bench/model.py                          # CPU: tiny + t5_1_1_small, fp32 and bf16 autocast
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_t5.flops import peak_flops, training_flops_per_sequence  # noqa: E402
+from lightning_t5.model.flops import peak_flops, training_flops_per_sequence  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -67,7 +67,7 @@ def build(impl: str, args: argparse.Namespace, device):
     import torch
 
     from lightning_t5 import T5, T5Config
-    from lightning_t5.fused import make_optimizer
+    from lightning_t5.model.fused import make_optimizer
 
     torch.manual_seed(0)
     cfg = T5Config.from_preset(args.config, dropout_rate=args.dropout, fused=args.fused,
@@ -98,7 +98,7 @@ def build(impl: str, args: argparse.Namespace, device):
 def make_step(impl, model, optimizer, batch, args, device):
     import torch
 
-    from lightning_t5.hf import seqio_features
+    from lightning_t5.model.hf import seqio_features
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=impl_dtype(impl, args) == "bf16")
     seqio = seqio_features(batch) if impl == "ours" else None

@@ -108,7 +108,7 @@ def main() -> None:
     import transformers
 
     from lightning_t5 import T5, T5Config
-    from lightning_t5.hf import seqio_features
+    from lightning_t5.model.hf import seqio_features
 
     torch.set_flush_denormal(True)  # process-wide: all three runs alike
     torch.manual_seed(args.seed)

@@ -22,8 +22,10 @@ from typing import Any, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from lightning_t5.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint
-from lightning_t5.evaluation import (
+import tasks as task_lib
+from lightning_t5.dist.checkpoint import load_checkpoint, load_model, resolve_checkpoint
+from lightning_t5.errors import CheckpointError, ConfigError
+from lightning_t5.eval.evaluation import (
     TaskEvaluator,
     collate_eval,
     eval_details,
@@ -33,22 +35,16 @@ from lightning_t5.evaluation import (
     write_json,
     write_predictions,
 )
-from lightning_t5.schema import ConfigError
+from mixtures import MixtureRegistry
+from tasks import TaskRegistry
 from tasks.errors import TaskError
 
 __all__ = ["evaluate_checkpoint", "main"]
 
 
 def _resolve(ckpt: str | Path) -> tuple[Path, Path | None]:
-    """(checkpoint file, its run directory or None)."""
-    path = Path(ckpt)
-    if path.is_dir():
-        found = find_last_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"--ckpt {str(path)!r}: no checkpoints/last.ckpt or step checkpoint in it.")
-        return found, path
-    if not path.is_file():
-        raise CheckpointError(f"--ckpt {str(path)!r} does not exist (pass a run directory or a .ckpt file).")
+    """(checkpoint file or directory, its run directory or None)."""
+    path = resolve_checkpoint(ckpt, "--ckpt")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     return path, run_dir if run_dir is not None and (run_dir / "config.yaml").is_file() else None
 
@@ -59,8 +55,6 @@ def _default_tasks(run_cfg: Any) -> list[str]:
         raise ConfigError("--tasks is required when the checkpoint is not inside a run directory with config.yaml")
     if run_cfg.get("eval", {}).get("tasks"):
         return list(run_cfg.eval.tasks)
-    from mixtures import MixtureRegistry
-
     mixture = MixtureRegistry.get(run_cfg.mixture)
     return [t.name for t in mixture.tasks if getattr(t, "supervised", True) is not False]
 
@@ -70,11 +64,6 @@ def evaluate_checkpoint(ckpt: str | Path, tasks: Sequence[str] | None = None, sp
                         batch_size: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
     """Score `ckpt` on `tasks`/`split`, write metrics.json, results.md and predictions/ into `out`; returns the
     result dict (metrics.json's content)."""
-    import tasks as task_lib
-    from tasks import TaskRegistry
-
-    from lightning_t5.export import load_model
-
     start = time.time()
     path, run_dir = _resolve(ckpt)
     run_cfg = OmegaConf.load(run_dir / "config.yaml") if run_dir is not None else None

@@ -6,6 +6,7 @@ Importing this package registers the catalog mixtures (task names are resolved l
 
 from .errors import MixtureError
 from .mixture import Mixture, MixtureRegistry
+from .objective import with_objective
 from .packing import FeatureConverter, FirstFitPacker, packing_efficiency
 from .rates import MixingConfig, RateSchedule, Scaled, rate_num_examples
 from .sampler import MixtureDataset
@@ -14,5 +15,5 @@ from . import catalog as _catalog  # noqa: E402,F401  (registers the catalog mix
 
 __all__ = [
     "FeatureConverter", "FirstFitPacker", "MixingConfig", "Mixture", "MixtureDataset", "MixtureError",
-    "MixtureRegistry", "RateSchedule", "Scaled", "packing_efficiency", "rate_num_examples",
+    "MixtureRegistry", "RateSchedule", "Scaled", "packing_efficiency", "rate_num_examples", "with_objective",
 ]

@@ -63,7 +63,8 @@ from .packing import FirstFitPacker, assemble, compact_offsets, to_torch
 from .permutation import FeistelPermutation
 from .rates import MixingConfig
 
-#: How a batch's rows choose their task (the one list; `lightning_t5.schema` validates `data.granularity` with it).
+#: How a batch's rows choose their task (the one list; `lightning_t5.train.schema` validates `data.granularity`
+#: with it).
 GRANULARITIES: tuple[str, ...] = ("example", "batch")
 EPOCH_MODES: tuple[str, ...] = ("continuous", "all_seen")
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_fsdp.py under `torchrun --nproc_per_node=2`: one sharded run through `lightning_t5.training.fit`
+"""Run by tests/test_fsdp.py under `torchrun --nproc_per_node=2`: one sharded run through `lightning_t5.train.fit.fit`
 with a callback that measures what each rank stores, written to `<run_dir>/shards_rank<r>.json`.
 
     torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT_DIR [--seed-per-rank] key=value...
@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_train_helpers import compose_config
 
-from lightning_t5.sharding import local_numel
-from lightning_t5.training import fit
+from lightning_t5.dist.sharding import local_numel
+from lightning_t5.train.fit import fit
 
 
 class MeasureShards(pl.Callback):

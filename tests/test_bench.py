@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_t5.hf import seqio_features
+from lightning_t5.model.hf import seqio_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from lightning_t5.schema import ConfigError, validate_config
+from lightning_t5.errors import ConfigError
+from lightning_t5.train.schema import validate_config
 from test_train_helpers import CONFIG_DIR, compose_config
 
 REPO = Path(CONFIG_DIR).parent
@@ -67,7 +68,7 @@ def test_unknown_group_option_lists_available(tmp_path: Path) -> None:
 def test_unknown_mixture_suggests_close_name(tmp_path: Path) -> None:
     from mixtures import MixtureError
 
-    from lightning_t5.training import RunSetup, prepare_config
+    from lightning_t5.train.setup import RunSetup, prepare_config
 
     with pytest.raises(MixtureError, match="glue"):
         RunSetup(prepare_config(compose_config(tmp_path, "mixture=glu")))
@@ -84,7 +85,7 @@ def test_run_setup_checks_everything_data_free(tmp_path: Path, override: str, ex
     from mixtures import MixtureError
     from tasks.errors import TaskError
 
-    from lightning_t5.training import RunSetup, prepare_config
+    from lightning_t5.train.setup import RunSetup, prepare_config
 
     if expected is None:
         RunSetup(prepare_config(compose_config(tmp_path, override)))
@@ -97,7 +98,7 @@ def test_run_setup_checks_everything_data_free(tmp_path: Path, override: str, ex
 def test_missing_user_import_is_a_clear_error(tmp_path: Path) -> None:
     from tasks.errors import TaskError
 
-    from lightning_t5.training import RunSetup, prepare_config
+    from lightning_t5.train.setup import RunSetup, prepare_config
 
     with pytest.raises(TaskError, match="no_such_user_module"):
         RunSetup(prepare_config(compose_config(tmp_path, "imports=[no_such_user_module]")))
@@ -139,7 +140,7 @@ TYPOS = [
 
 @pytest.mark.parametrize("override,expected", TYPOS)
 def test_misspelt_key_or_choice_at_any_depth_suggests_and_lists(override: str, expected: str) -> None:
-    from lightning_t5.schema import check_overrides
+    from lightning_t5.train.schema import check_overrides
 
     with pytest.raises(ConfigError) as err:
         check_overrides([override], groups=["model", "optim", "trainer", "objective", "experiment"])
@@ -150,7 +151,7 @@ def test_misspelt_key_or_choice_at_any_depth_suggests_and_lists(override: str, e
                                       "mixing.weights.glue_rte=2", "hydra.job.chdir=false", "mixing.temperature=1,2",
                                       "hydra/launcher=basic", "experiment_options.rows=[equal],[proportional_k256]"])
 def test_free_form_nodes_group_choices_and_sweeps_pass_the_key_check(override: str) -> None:
-    from lightning_t5.schema import check_overrides
+    from lightning_t5.train.schema import check_overrides
 
     check_overrides([override], groups=["model", "optim", "trainer", "objective", "experiment"])
 
@@ -181,7 +182,7 @@ def test_train_py_data_free_mistakes_fail_fast_without_a_run_directory(tmp_path:
 
 def test_objective_group_replaces_the_corpus_task_with_a_variant(tmp_path: Path) -> None:
     """`objective=... objective.noise_density=...` sweeps the corpus objective from the command line."""
-    from lightning_t5.training import RunSetup, prepare_config
+    from lightning_t5.train.setup import RunSetup, prepare_config
 
     cfg = prepare_config(compose_config(
         tmp_path, "objective=span_corruption", "objective.noise_density=0.5", "objective.mean_noise_span_length=10"))
@@ -194,7 +195,7 @@ def test_objective_group_replaces_the_corpus_task_with_a_variant(tmp_path: Path)
 
 
 def test_objective_group_prefix_lm(tmp_path: Path) -> None:
-    from lightning_t5.training import RunSetup, prepare_config
+    from lightning_t5.train.setup import RunSetup, prepare_config
 
     names = RunSetup(prepare_config(compose_config(tmp_path, "objective=prefix_lm"))).mixture.task_names
     assert any(n.startswith("corpus_prefix_lm") for n in names) and "corpus_span_corruption" not in names

@@ -23,7 +23,7 @@ def _rows(batch: dict, key: str) -> list[tuple[int, ...]]:
 
 def test_ranks_split_the_global_batch_without_duplicates() -> None:
     """Padding mode: rank r's rows at step s, concatenated in rank order, are the 1-process batch of size 2B."""
-    from lightning_t5.data import MixtureDataModule
+    from lightning_t5.train.data import MixtureDataModule
 
     data = {"sequence_length": {"inputs": 64, "targets": 16}, "batch_size": 4, "pack": False}
     single = MixtureDataModule(TEST_MIXTURE, data=data, mixing={}, seed=7).make_train_dataset(0, 1)

@@ -24,7 +24,7 @@ def strict_json(path: Path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     root = tmp_path_factory.mktemp("eval_run")
     cfg = compose_config(root, "trainer.max_steps=2", "eval.max_examples=6", "eval.batch_size=6",

@@ -1,14 +1,14 @@
 """The one-GPU-hour presets (`experiment=strategies_gpu1h`, `experiment=mixing_sweep_gpu1h`): they compose, every
 stage config is valid, they train T5.1.1-small on C4 + the GLUE sets at the paper's settings, and the plan's training
-FLOPs (lightning_t5/flops.py, the reference notes' formula) fit one H100-hour at an assumed 10 % MFU."""
+FLOPs (lightning_t5/model/flops.py, the reference notes' formula) fit one H100-hour at an assumed 10 % MFU."""
 
 from __future__ import annotations
 
 import pytest
 
-from lightning_t5.config import T5Config
+from lightning_t5.model.config import T5Config
 from lightning_t5.experiments.plan import make_plan
-from lightning_t5.flops import PEAK_FLOPS, training_flops_per_sequence
+from lightning_t5.model.flops import PEAK_FLOPS, training_flops_per_sequence
 from tests.test_experiment_presets_small import GLUE, compose
 
 # Assumed, not measured (no GPU was lent to the session that sized these presets): a 77 M-parameter T5 without
@@ -21,7 +21,7 @@ TASK_EVAL_S = 20.0     # greedy decoding of one full GLUE validation split (<= 1
 @pytest.mark.parametrize("name", ["strategies_gpu1h", "mixing_sweep_gpu1h"])
 def test_gpu1h_presets_compose_and_fit_one_h100_hour_by_the_flops_formula(name, tmp_path):
     from lightning_t5.experiments.runner import stage_config
-    from lightning_t5.schema import validate_config
+    from lightning_t5.train.schema import validate_config
 
     cfg = compose(name)
     assert cfg.model.name == "t5_1_1_small" and cfg.trainer.accelerator == "gpu"

@@ -26,7 +26,7 @@ def compose(name: str):
     from hydra.core.global_hydra import GlobalHydra
 
     from lightning_t5.experiments.runner import apply_overrides
-    from lightning_t5.schema import register_schema
+    from lightning_t5.train.schema import register_schema
 
     register_schema()
     GlobalHydra.instance().clear()
@@ -39,7 +39,7 @@ def compose(name: str):
 @pytest.mark.parametrize("name", ["strategies_small", "mixing_sweep_small"])
 def test_small_presets_compose_use_glue_and_corpus_with_full_validation_and_fit_the_budget(name, tmp_path):
     from lightning_t5.experiments.runner import stage_config
-    from lightning_t5.schema import validate_config
+    from lightning_t5.train.schema import validate_config
 
     cfg = compose(name)
     assert cfg.model.name == "tiny" and cfg.trainer.accelerator == "cpu"

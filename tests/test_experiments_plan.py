@@ -218,7 +218,7 @@ def test_presets_compose_with_hydra_and_yield_valid_stage_configs(name, model, a
     from hydra.core.global_hydra import GlobalHydra
 
     from lightning_t5.experiments.runner import apply_overrides, stage_config
-    from lightning_t5.schema import register_schema, validate_config
+    from lightning_t5.train.schema import register_schema, validate_config
 
     register_schema()
     GlobalHydra.instance().clear()
@@ -270,7 +270,7 @@ def test_experiment_options_are_checked_by_the_run_schema_at_composition():
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
-    from lightning_t5.schema import register_schema
+    from lightning_t5.train.schema import register_schema
 
     register_schema()
     GlobalHydra.instance().clear()
@@ -293,7 +293,7 @@ def test_experiment_options_are_checked_by_the_run_schema_at_composition():
 def test_docs_list_every_experiment_option_and_strategy():
     import dataclasses
 
-    from lightning_t5.experiments.options import ExperimentOptions
+    from lightning_t5.train.experiment_options import ExperimentOptions
 
     root = CONFIGS.parents[1]
     for doc in (root / "docs" / "experiments.md", root / "README.md"):

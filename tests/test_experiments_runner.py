@@ -180,7 +180,7 @@ def test_overrides_apply_to_every_stage(tmp_path):
 
 def test_stage_config_is_valid_for_the_run_schema(tmp_path):
     """The derived stage config must pass the training engine's schema validation (no unknown keys)."""
-    schema = pytest.importorskip("lightning_t5.schema")
+    schema = pytest.importorskip("lightning_t5.train.schema")
     base = schema.to_run_config({
         "experiment": "xp",
         "experiment_options": {"kind": "strategies", "tasks": ["glue_sst2"], "corpus_task": "corpus_x",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_t5 import T5, T5Config
-from lightning_t5.flops import mfu, peak_flops, training_flops_per_sequence
+from lightning_t5.model.flops import mfu, peak_flops, training_flops_per_sequence
 
 
 def _counted(cfg: T5Config, t_enc: int, t_dec: int) -> float:

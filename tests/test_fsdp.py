@@ -51,8 +51,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------
 def test_fsdp_refuses_adafactor_and_fp16(tmp_path: Path) -> None:
-    from lightning_t5.schema import ConfigError
-    from lightning_t5.training import fit
+    from lightning_t5.errors import ConfigError
+    from lightning_t5.train.fit import fit
 
     with pytest.raises(ConfigError, match=r"optim.name='adafactor'.*optim=adamw"):
         fit(compose_config(tmp_path, "trainer=fsdp", "trainer.accelerator=cpu", "optim=adafactor"))
@@ -61,7 +61,8 @@ def test_fsdp_refuses_adafactor_and_fp16(tmp_path: Path) -> None:
 
 
 def test_fsdp_preset_selects_adamw_and_deepspeed_is_gone(tmp_path: Path) -> None:
-    from lightning_t5.schema import ConfigError, validate_config
+    from lightning_t5.errors import ConfigError
+    from lightning_t5.train.schema import validate_config
 
     cfg = compose_config(tmp_path, "trainer=fsdp", fast=False)
     assert (cfg.optim.name, cfg.trainer.strategy) == ("adamw", "fsdp")
@@ -73,8 +74,8 @@ def test_fsdp_preset_selects_adamw_and_deepspeed_is_gone(tmp_path: Path) -> None
 
 def test_incomplete_checkpoint_directories_are_never_picked(tmp_path: Path) -> None:
     """A directory checkpoint counts only with its completion marker; `.partial` writes are invisible."""
-    from lightning_t5.checkpoint import find_last_checkpoint
-    from lightning_t5.sharded_checkpoint import MARKER, META, finalize, partial_dir
+    from lightning_t5.dist.checkpoint import find_last_checkpoint
+    from lightning_t5.dist.checkpoint import MARKER, META, finalize, partial_dir
 
     ckpt = tmp_path / "checkpoints"
     ckpt.mkdir()
@@ -142,7 +143,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_losses(runs: Path) -> None:
     run_dir = out / "killed"
     killed_at = sigkill_after_logged_steps(_train_cmd(out, "killed", *SHARDED), REPO, _env(), run_dir, 4)
     assert 4 <= killed_at < 8, "the run finished before it could be killed"
-    from lightning_t5.checkpoint import find_last_checkpoint
+    from lightning_t5.dist.checkpoint import find_last_checkpoint
 
     found = find_last_checkpoint(run_dir)
     assert found is not None and found.is_dir()
@@ -204,8 +205,8 @@ def _records(n: int = 2) -> list[dict]:
     ("data.batch_size", 2, r"'data.batch_size'"),
 ])
 def test_rank_agreement_names_the_key_that_differs(key: str, value, message: str) -> None:
-    from lightning_t5.rank_agreement import check_rank_agreement
-    from lightning_t5.schema import ConfigError
+    from lightning_t5.dist.rank_agreement import check_rank_agreement
+    from lightning_t5.errors import ConfigError
 
     records = _records(3)
     check_rank_agreement(records)  # all equal: fine
@@ -217,8 +218,8 @@ def test_rank_agreement_names_the_key_that_differs(key: str, value, message: str
 def test_rank_record_reads_the_run(tmp_path: Path) -> None:
     from test_train_helpers import TEST_MIXTURE
 
-    from lightning_t5.data import MixtureDataModule
-    from lightning_t5.rank_agreement import rank_record
+    from lightning_t5.train.data import MixtureDataModule
+    from lightning_t5.dist.rank_agreement import rank_record
 
     data = {"sequence_length": {"inputs": 64, "targets": 16}, "batch_size": 4, "pack": False}
     dm = MixtureDataModule(TEST_MIXTURE, data=data, mixing={}, seed=7)
@@ -246,8 +247,8 @@ def test_init_from_and_export_read_a_distributed_checkpoint_directory(tmp_path: 
 
     from lightning_t5 import T5, T5Config
     from lightning_t5.export import load_model
-    from lightning_t5.sharded_checkpoint import META, finalize, partial_dir
-    from lightning_t5.training import _init_weights
+    from lightning_t5.dist.checkpoint import META, finalize, partial_dir
+    from lightning_t5.dist.checkpoint import load_weights
 
     model_config = {"vocab_size": 256, "d_model": 32, "d_ff": 64, "num_heads": 2, "d_kv": 16, "num_layers": 1,
                     "num_decoder_layers": 1, "dropout_rate": 0.0}
@@ -263,7 +264,7 @@ def test_init_from_and_export_read_a_distributed_checkpoint_directory(tmp_path: 
     finalize(tmp, last, step=5)
 
     target = T5(T5Config.from_dict(model_config))
-    _init_weights(target, str(tmp_path / "run"), model_config, "v")
+    load_weights(target, str(tmp_path / "run"), model_config, "v")
     exported = load_model(last)
     for name, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from lightning_t5 import T5, T5Config
-from lightning_t5 import fused
-from lightning_t5.fused import BackendStatus, FusedBackendError, T5RMSNorm, TorchRMSNorm, make_optimizer
-from lightning_t5.losses import masked_cross_entropy
+from lightning_t5.model import fused
+from lightning_t5.model.fused import BackendStatus, FusedBackendError, T5RMSNorm, TorchRMSNorm, make_optimizer
+from lightning_t5.model.losses import masked_cross_entropy
 
 SMALL = dict(name="test", vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
              relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
@@ -49,14 +49,14 @@ def test_liger_requested_where_it_cannot_run_is_a_clear_error():
 
 def test_selection_logic_mocked_apex_absent_auto_picks_torch(monkeypatch, caplog):
     monkeypatch.setattr(fused, "probe_apex", lambda: BackendStatus(False, "the `apex` package is not installed"))
-    with caplog.at_level(logging.INFO, logger="lightning_t5.fused"):
+    with caplog.at_level(logging.INFO, logger="lightning_t5.model.fused"):
         assert fused.resolve_backend("auto") == "torch"
     assert "torch backend" in caplog.text and "not installed" in caplog.text
 
 
 def test_selection_logic_mocked_apex_present_auto_picks_apex(monkeypatch, caplog):
     monkeypatch.setattr(fused, "probe_apex", lambda: BackendStatus(True, "NVIDIA Apex with CUDA extensions", True))
-    with caplog.at_level(logging.INFO, logger="lightning_t5.fused"):
+    with caplog.at_level(logging.INFO, logger="lightning_t5.model.fused"):
         assert fused.resolve_backend("auto") == "apex"
     assert "apex backend" in caplog.text
 
@@ -195,7 +195,7 @@ def test_kernel_line_names_what_runs_and_is_logged_once(caplog):
     assert "optimizer=torch.AdamW" in fused.describe_kernels(
         reference, make_optimizer("adamw", reference.parameters(), lr=1e-3, backend="none"))
     fused._LOGGED.discard(line)
-    with caplog.at_level(logging.INFO, logger="lightning_t5.fused"):
+    with caplog.at_level(logging.INFO, logger="lightning_t5.model.fused"):
         fused.log_kernels(model, opt)
         fused.log_kernels(model, opt)
     assert caplog.text.count("kernels: backend=torch") == 1
@@ -258,7 +258,7 @@ def test_liger_backend_matches_torch_on_cuda(dtype, tol):
 
 _INTERPRET_SCRIPT = textwrap.dedent("""
     import torch
-    from lightning_t5.losses import _liger_token_losses
+    from lightning_t5.model.losses import _liger_token_losses
     torch.manual_seed(0)
     hidden, weight = torch.randn(10, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)
     targets, w = torch.randint(0, 40, (10,)), torch.rand(10)

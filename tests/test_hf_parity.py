@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from lightning_t5 import T5  # noqa: E402
-from lightning_t5.hf import HFCheckpointError  # noqa: E402
+from lightning_t5.model.hf import HFCheckpointError  # noqa: E402
 
 VARIANTS = {
     "t5": dict(feed_forward_proj="relu", tie_word_embeddings=True),

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from lightning_t5 import T5
-from lightning_t5.config import PRESETS, T5Config
+from lightning_t5.model.config import PRESETS, T5Config
 
 FULL_DEPTH = ["tiny", "small", "t5_1_1_small", pytest.param("base", marks=pytest.mark.slow),
               pytest.param("t5_1_1_base", marks=pytest.mark.slow)]

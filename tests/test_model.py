@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from lightning_t5 import T5, T5Config
-from lightning_t5.attention import relative_position_bucket
-from lightning_t5.config import PRESETS
-from lightning_t5.model import positions_from_segments
+from lightning_t5.model.attention import relative_position_bucket
+from lightning_t5.model.config import PRESETS
+from lightning_t5.model.t5 import positions_from_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(name="test", vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,

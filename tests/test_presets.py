@@ -1,4 +1,4 @@
-"""Model presets are defined once (lightning_t5.config.PRESETS); configs/model/*.yaml are generated from them."""
+"""Model presets are defined once (lightning_t5.model.config.PRESETS); configs/model/*.yaml are generated from them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_t5.config import PRESETS, preset_yaml
+from lightning_t5.model.config import PRESETS, preset_yaml
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -18,6 +18,6 @@ def test_every_yaml_preset_has_a_python_definition_and_back() -> None:
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_yaml_preset_is_what_presets_generate(name: str) -> None:
     assert (MODEL_DIR / f"{name}.yaml").read_text() == preset_yaml(name), (
-        f"configs/model/{name}.yaml differs from PRESETS[{name!r}]: edit PRESETS in lightning_t5/config.py, then "
-        f"regenerate: python -c \"from lightning_t5.config import write_preset_yamls; "
+        f"configs/model/{name}.yaml differs from PRESETS[{name!r}]: edit PRESETS in lightning_t5/model/config.py, then "
+        f"regenerate: python -c \"from lightning_t5.model.config import write_preset_yamls; "
         f"write_preset_yamls('configs/model')\"")

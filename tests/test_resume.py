@@ -33,7 +33,7 @@ def logged_steps(run_dir: str | Path) -> list[int]:
 
 
 def test_resume_reproduces_uninterrupted_losses(tmp_path: Path) -> None:
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     full = fit(compose_config(tmp_path, run_name="full"))
     reference = read_losses(full["run_dir"])
@@ -59,7 +59,7 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(tmp_path: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import pytorch_lightning as pl
         from test_train_helpers import compose_config
-        from lightning_t5.training import fit
+        from lightning_t5.train.fit import fit
         from pathlib import Path
 
         class Kill(pl.Callback):
@@ -77,7 +77,7 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
 
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     reference = read_losses(fit(compose_config(tmp_path, run_name="reference"))["run_dir"])
     resumed = fit(compose_config(tmp_path, "resume=" + str(run_dir), run_name="killed"))
@@ -92,7 +92,7 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(tmp_path: Path) -> None:
 def test_ctrl_c_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     """SIGINT to `python train.py` mid-training: exit 130, `last.ckpt` at the step reached, the resume command printed;
     running that command continues from there."""
-    from lightning_t5.checkpoint import load_checkpoint
+    from lightning_t5.dist.checkpoint import load_checkpoint
     from test_train_helpers import FAST
 
     tests_dir = Path(__file__).resolve().parent

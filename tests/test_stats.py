@@ -1,4 +1,4 @@
-"""The interval and test code against known distributions (lightning_t5/stats.py)."""
+"""The interval and test code against known distributions (lightning_t5/eval/stats.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lightning_t5 import stats
+from lightning_t5.eval import stats
 from tasks import metrics as M
 
 

@@ -84,7 +84,7 @@ def test_streaming_corpus_cached_by_the_command_then_mixed_and_trained(stream_mo
 
     # before the cache exists: training stops at once and gives the exact command
     __import__(stream_module)
-    from lightning_t5.data import MixtureDataModule
+    from lightning_t5.train.data import MixtureDataModule
 
     dm = MixtureDataModule("stream_mix", data={"sequence_length": SEQ, "batch_size": 4}, mixing={},
                            total_batches=5, imports=[stream_module])
@@ -110,7 +110,7 @@ def test_streaming_corpus_cached_by_the_command_then_mixed_and_trained(stream_mo
     assert lengths.max() == raw and (lengths == raw).mean() > 0.9
 
     # mixed and trained on: a few steps through fit
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     cfg = compose_config(tmp_path, f"imports=[{stream_module}]", "mixture=stream_mix", "trainer.max_steps=3",
                          "eval.max_examples=4", run_name="stream")
@@ -258,7 +258,7 @@ def test_paper_scale_presets_refuse_the_shipped_corpus(tmp_path):
     """experiment=strategies / mixing_sweep: the pre-training stage's plan check stops before training."""
     from omegaconf import OmegaConf
 
-    from lightning_t5.data import MixtureDataModule
+    from lightning_t5.train.data import MixtureDataModule
     from lightning_t5.experiments.plan import make_plan
     from lightning_t5.experiments.runner import register_mixtures
 

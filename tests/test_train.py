@@ -10,15 +10,16 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lightning_t5.checkpoint import CheckpointError, check_compatible, load_checkpoint
-from lightning_t5.module import NonFiniteLossError, lr_lambda
+from lightning_t5.dist.checkpoint import check_compatible, load_checkpoint
+from lightning_t5.errors import CheckpointError
+from lightning_t5.train.module import NonFiniteLossError, lr_lambda
 from test_train_helpers import compose_config, read_losses
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The embedded default config (tiny model, `default` mixture, eval before and after) for 3 steps."""
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     root = tmp_path_factory.mktemp("default_run")
     cfg = compose_config(root, "trainer.max_steps=3", "trainer.checkpoint_every_n_steps=2", "eval.max_examples=4",
@@ -76,7 +77,7 @@ def test_export_of_an_apex_trained_checkpoint_needs_no_apex(default_run: dict, t
     Apex: every export path rebuilds the model on the CPU-safe torch backend."""
     from lightning_t5 import T5
     from lightning_t5.export import load_model, main
-    from lightning_t5.fused import probe_apex
+    from lightning_t5.model.fused import probe_apex
 
     if probe_apex().available:
         pytest.skip("NVIDIA Apex is installed here; the point is a machine without it")
@@ -92,7 +93,7 @@ def test_export_of_an_apex_trained_checkpoint_needs_no_apex(default_run: dict, t
 
 
 def test_incompatible_checkpoint_is_rejected(default_run: dict, tmp_path: Path) -> None:
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     cfg = compose_config(tmp_path, "resume=" + default_run["run_dir"], "model.d_model=64", fast=False)
     with pytest.raises(CheckpointError, match="d_model: checkpoint 128 vs config 64"):
@@ -105,7 +106,7 @@ def test_incompatible_checkpoint_is_rejected(default_run: dict, tmp_path: Path) 
 
 
 def test_missing_resume_directory(tmp_path: Path) -> None:
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     with pytest.raises(CheckpointError, match="run directory does not exist"):
         fit(compose_config(tmp_path, f"resume={tmp_path / 'no_such_run'}"))
@@ -115,8 +116,8 @@ def test_missing_resume_directory(tmp_path: Path) -> None:
 
 
 def test_apex_requested_but_absent(tmp_path: Path) -> None:
-    from lightning_t5.fused import FusedBackendError, probe_apex
-    from lightning_t5.training import fit
+    from lightning_t5.model.fused import FusedBackendError, probe_apex
+    from lightning_t5.train.fit import fit
 
     if probe_apex().available:
         pytest.skip("NVIDIA Apex is installed here")
@@ -138,7 +139,7 @@ class PoisonWeights(pl.Callback):
 
 
 def test_nan_loss_stops_naming_step_and_tasks(tmp_path: Path) -> None:
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     with pytest.raises(NonFiniteLossError) as err:
         fit(compose_config(tmp_path, "trainer.max_steps=4"), callbacks=[PoisonWeights(2)])
@@ -149,7 +150,7 @@ def test_nan_loss_stops_naming_step_and_tasks(tmp_path: Path) -> None:
 
 
 def test_resume_config_keeps_run_settings_and_applies_overrides(default_run: dict) -> None:
-    from lightning_t5.training import load_resume_config
+    from lightning_t5.train.setup import load_resume_config
 
     cfg = load_resume_config(default_run["run_dir"], ["resume=x", "trainer.max_steps=10", "model=small", "seed=3"])
     assert cfg.trainer.max_steps == 10 and cfg.seed == 3
@@ -198,7 +199,7 @@ def test_a_launch_that_fails_before_its_first_step_leaves_no_run_directory(tmp_p
     from mixtures import Mixture, MixtureRegistry
     from tasks import FileSource, Task, TaskRegistry
 
-    from lightning_t5.training import fit
+    from lightning_t5.train.fit import fit
 
     TaskRegistry.add(Task("missing_file_task", FileSource({"train": str(tmp_path / "nope.jsonl"),
                                                            "validation": str(tmp_path / "nope.jsonl")}),

@@ -40,7 +40,7 @@ def compose_config(tmp_path: Path, *overrides: str, fast: bool = True, run_name:
     """The composed DictConfig of `python train.py <overrides>` with runs written under `tmp_path`."""
     from hydra import compose, initialize_config_dir
 
-    from lightning_t5.schema import register_schema
+    from lightning_t5.train.schema import register_schema
 
     register_schema()
     register_test_mixture()

@@ -1,7 +1,7 @@
 """Stage planning for the T5 paper's multi-task comparisons (Tables 11 and 12), computed without training.
 
 An experiment is a set of *rows* (a training strategy, or a mixing rate) and the *stages* that produce them. A
-stage is one call of `lightning_t5.training.fit`: a mixture, a number of steps, where its weights start from,
+stage is one call of `lightning_t5.train.fit.fit`: a mixture, a number of steps, where its weights start from,
 and which tasks it evaluates. Stages are shared between rows by name, so a checkpoint that several rows start
 from (the unsupervised pre-training of the baseline, which MT-DNN also fine-tunes) is trained once.
 
@@ -48,9 +48,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_t5.schema import ConfigError
+from lightning_t5.errors import ConfigError
 
-from .options import ExperimentOptions
+from lightning_t5.train.experiment_options import ExperimentOptions
 
 STRATEGIES: dict[str, str] = {
     "pretrain_finetune": "Unsupervised pre-training + fine-tuning",
@@ -66,7 +66,7 @@ KINDS = ("strategies", "mixing_sweep")
 
 class ExperimentConfigError(ConfigError):
     """The experiment settings are inconsistent; the message names the `experiment_options.<key>` and the valid
-    choices. A `lightning_t5.schema.ConfigError`, so `train.py` prints it as one paragraph and exits with 2."""
+    choices. A `lightning_t5.train.schema.ConfigError`, so `train.py` prints it as one paragraph and exits with 2."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class ExperimentPlan:
 def experiment_block(cfg: DictConfig | Mapping) -> dict[str, Any]:
     """The experiment's settings as a plain dict, with `name` filled in.
 
-    The run schema (lightning_t5/schema.py) keeps `experiment` as the experiment's *name* (a string, so that
+    The run schema (lightning_t5/train/schema.py) keeps `experiment` as the experiment's *name* (a string, so that
     `python train.py experiment=<name>` and the structured config agree) and the settings under
     `experiment_options`. An unstructured config may instead give a whole `experiment:` mapping; both work.
     """

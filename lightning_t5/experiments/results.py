@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lightning_t5.stats import json_safe
+from lightning_t5.eval.stats import json_safe
 
 from .paper import BASELINE_STD, PAPER_CITATION, PAPER_COLUMNS, TABLE_11, TABLE_12, paper_row
 from .plan import ExperimentPlan, Row

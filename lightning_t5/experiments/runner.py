@@ -1,4 +1,4 @@
-"""Run an experiment's stages with `lightning_t5.training.fit`, reusing finished work, and write the results.
+"""Run an experiment's stages with `lightning_t5.train.fit.fit`, reusing finished work, and write the results.
 
 Reuse rules (so an experiment can be interrupted, extended or re-run at no extra cost):
 
@@ -26,12 +26,12 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lightning_t5.schema import ConfigError
+from lightning_t5.errors import ConfigError
 
-from lightning_t5.evaluation import write_json
+from lightning_t5.eval.evaluation import write_json
 
 from .executors import StageWork, check_executor_options, check_max_parallel, run_stages
-from .options import ExperimentOptions
+from lightning_t5.train.experiment_options import ExperimentOptions
 from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
 from .results import build_results, write_results
 
@@ -240,7 +240,7 @@ def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan) -> None:
 def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bool | None = None) -> dict[str, Any]:
     """Plan the experiment in `cfg`, run every stage not finished yet, and write the results table + plot.
 
-    `fit_fn` defaults to `lightning_t5.training.fit`; tests inject a fake. The experiment's mixtures are registered
+    `fit_fn` defaults to `lightning_t5.train.fit.fit`; tests inject a fake. The experiment's mixtures are registered
     in `mixtures.MixtureRegistry` when `register` is true (default: only with the real `fit`; pass True for a
     custom `fit_fn` that trains for real). Returns the results dict (also written as results.json), with "files"
     naming the written tables.
@@ -257,7 +257,7 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
     if register is None:
         register = fit_fn is None
     if fit_fn is None:
-        from lightning_t5.training import fit as fit_fn  # noqa: N813 - imported lazily: heavy
+        from lightning_t5.train.fit import fit as fit_fn  # noqa: N813 - imported lazily: heavy
     if register:
         register_mixtures(plan)
     if rank_zero:

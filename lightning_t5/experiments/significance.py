@@ -1,4 +1,4 @@
-"""Intervals and significance for an experiment's results table (the statistics live in `lightning_t5.stats`).
+"""Intervals and significance for an experiment's results table (the statistics live in `lightning_t5.eval.stats`).
 
 Why here: the results table compares rows, and a difference means something only when it is larger than what
 re-drawing the evaluation examples would produce. For every finished row this adds, from the per-example
@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lightning_t5.evaluation import read_predictions
-from lightning_t5.stats import (
+from lightning_t5.eval.evaluation import read_predictions
+from lightning_t5.eval.stats import (
     ALPHA,
     N_RESAMPLES,
     bootstrap,

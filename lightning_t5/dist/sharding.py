@@ -1,10 +1,11 @@
-"""Sharded data parallelism (`trainer=fsdp`): FSDP2 (`torch.distributed.fsdp.fully_shard`) under Lightning's
-`ModelParallelStrategy`, on CUDA (nccl) and on CPU (gloo), so the sharded path is tested without a GPU.
+"""Sharded data parallelism (`trainer=fsdp`): FSDP2 (`torch.distributed.fsdp.fully_shard`) applied to a `T5`, on
+CUDA (nccl) and on CPU (gloo), so the sharded path is tested without a GPU. Plain torch: the Lightning strategy that
+runs it is `lightning_t5.dist.strategy.ShardedStrategy`.
 
 Why these choices:
 
-* `ModelParallelStrategy`, not Lightning's `FSDPStrategy`: the latter wraps FSDP1, refuses `accelerator=cpu`, and its
-  auto-wrap treats T5 as one unit. FSDP2 is applied by hand in `T5LightningModule.configure_model()`:
+* Lightning's `ModelParallelStrategy`, not its `FSDPStrategy`: the latter wraps FSDP1, refuses `accelerator=cpu`, and
+  its auto-wrap treats T5 as one unit. FSDP2 is applied by hand in `T5LightningModule.configure_model()`:
   `fully_shard` per `T5Block`, then at the root (embeddings, final norms, `lm_head`).
 * Block 0 of each stack holds the relative-position bias table, which `T5.encode`/`decode` read *outside* the block's
   forward (the bias is computed once per stack). A per-block unit would leave that table sharded at that moment, so
@@ -28,28 +29,27 @@ Why these choices:
 from __future__ import annotations
 
 import logging
-import shutil
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.plugins.precision import MixedPrecision, Precision
-from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
+
+from lightning_t5.errors import ConfigError
+from lightning_t5.model.config import T5Config
+from lightning_t5.model.t5 import T5
 
 __all__ = [
     "META_INIT_MIN_PARAMS",
     "SHARDED_OPTIMIZERS",
     "SHARDED_STRATEGIES",
-    "ShardedStrategy",
     "build_model",
     "check_config",
     "full_state_dict",
     "gather_root",
+    "is_sharded",
     "local_numel",
-    "make_strategy",
     "reshard_root",
     "shard_model",
     "sharding_options",
@@ -70,8 +70,6 @@ def is_sharded(strategy: Any) -> bool:
 
 def check_config(cfg: Any) -> None:
     """Refuse sharded-run settings that cannot work, before anything is built (ConfigError naming the key)."""
-    from lightning_t5.schema import ConfigError
-
     if not is_sharded(cfg.trainer.strategy):
         return
     name = str(cfg.optim.name)
@@ -101,84 +99,9 @@ def sharding_options(cfg: Any) -> dict[str, Any] | None:
     }
 
 
-class _Bf16AutocastPrecision(MixedPrecision):
-    """bf16-mixed without Lightning's refusal to clip gradients of a fused optimizer.
-
-    Lightning refuses clipping whenever the optimizer can unscale gradients itself (fused AdamW), which only matters
-    with an fp16 loss scaler; bf16 autocast has none, so the gradients the optimizer sees are the clipped ones.
-    """
-
-    def clip_gradients(self, optimizer: Any, clip_val: float = 0.0, gradient_clip_algorithm: Any = None) -> None:
-        if gradient_clip_algorithm is None:
-            Precision.clip_gradients(self, optimizer, clip_val)
-        else:
-            Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
-
-
-class ShardedStrategy(ModelParallelStrategy):
-    """`ModelParallelStrategy` as pure data parallelism over every process, with atomic DCP checkpoint directories.
-
-    Every rank writes its shard into `.<name>.partial/`; after a barrier rank 0 writes the completion marker and
-    renames the directory to its final name. A crash at any point leaves either the previous complete checkpoint or
-    an incomplete `.partial` directory that `find_last_checkpoint` never picks.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=True, **kwargs)
-
-    def setup_environment(self) -> None:
-        self._data_parallel_size = self.num_nodes * self.num_processes  # all processes: FSDP, no tensor parallelism
-        super().setup_environment()
-
-    def setup(self, trainer: Any) -> None:
-        plugin = self.precision_plugin
-        if type(plugin) is MixedPrecision and plugin.scaler is None:  # bf16-mixed: see _Bf16AutocastPrecision
-            self.precision_plugin = _Bf16AutocastPrecision(plugin.precision, plugin.device)
-        super().setup(trainer)
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        from lightning_t5.sharded_checkpoint import (
-            finalize,
-            partial_dir,
-            rank_state_file,
-        )
-
-        path = Path(self.broadcast(str(filepath)))
-        tmp = partial_dir(path)
-        if self.is_global_zero:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        self.barrier("sharded_checkpoint_start")
-        # Lightning's meta.pt holds rank 0's loop state; each rank's data loader position is its own.
-        torch.save({"loops": checkpoint.get("loops")}, rank_state_file(tmp, self.global_rank))
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        self.barrier("sharded_checkpoint_written")
-        if self.is_global_zero:
-            finalize(tmp, path, step=int(checkpoint.get("global_step", -1)))
-        self.barrier("sharded_checkpoint_done")
-
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        from lightning_t5.sharded_checkpoint import rank_state_file
-
-        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
-        own = rank_state_file(Path(self.broadcast(str(checkpoint_path))), self.global_rank)
-        if own.is_file():
-            checkpoint["loops"] = torch.load(own, map_location="cpu", weights_only=True)["loops"]
-        return checkpoint
-
-
-def make_strategy(trainer_cfg: Mapping[str, Any]) -> Any:
-    """The `strategy=` argument of `pl.Trainer` for a `trainer` config section."""
-    strategy = str(trainer_cfg["strategy"])
-    return ShardedStrategy() if is_sharded(strategy) else strategy
-
-
 # ---------------------------------------------------------------------------------------------------------------
 def build_model(model_config: Mapping[str, Any], options: Mapping[str, Any] | None) -> nn.Module:
     """The T5 of `model_config`; on the meta device when sharding will initialise it (see the module docstring)."""
-    from lightning_t5 import T5, T5Config
-
     config = T5Config.from_dict(dict(model_config))
     if not options or options.get("meta_init") is False:
         return T5(config)

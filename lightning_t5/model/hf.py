@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import T5Config
-from .model import T5
+
+if TYPE_CHECKING:  # the class is passed in by `T5.from_hf`: t5.py imports this module, not the reverse
+    from .t5 import T5
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS = "model.safetensors"
@@ -111,8 +113,8 @@ def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_hf(path: str | os.PathLike, **overrides: Any) -> T5:
-    """`T5.from_hf`: build the model from config.json and load the weights (strict, after alias handling)."""
+def load_hf(cls: type[T5], path: str | os.PathLike, **overrides: Any) -> T5:
+    """`T5.from_hf`: build a `cls` from config.json and load the weights (strict, after alias handling)."""
     directory = resolve_checkpoint_dir(path)
     config_file = directory / CONFIG_NAME
     if not config_file.exists():
@@ -137,7 +139,7 @@ def load_hf(path: str | os.PathLike, **overrides: Any) -> T5:
     cfg = config_from_hf(hf_config, **overrides)
     cfg.tie_word_embeddings = tied
     with torch.device("meta"):  # no random init of weights that are about to be replaced (matters at 11B)
-        model = T5(cfg)
+        model = cls(cfg)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:

@@ -1,7 +1,7 @@
 """T5 model configuration and the paper's size presets.
 
 `T5Config` is a plain dataclass whose field names follow Hugging Face's `T5Config` where the two overlap, so a
-`config.json` maps onto it almost 1:1 (see `lightning_t5.hf`). `PRESETS` below is the one definition of the model
+`config.json` maps onto it almost 1:1 (see `lightning_t5.model.hf`). `PRESETS` below is the one definition of the model
 sizes: the YAML files in `configs/model/` (composed by Hydra under the `model` key) are generated from it by
 `write_preset_yamls("configs/model")`, and a test fails when a file differs from what PRESETS generates.
 `T5Config.from_dict` validates them with errors that name the offending `model.<key>`.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from lightning_t5.fused import BACKENDS
+from lightning_t5.model.fused import BACKENDS
 
 ATTENTION_CHOICES = ("sdpa", "eager")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
@@ -29,7 +29,7 @@ class T5Config:
     `tie_word_embeddings`: the output projection reuses `shared.weight` (no `lm_head` parameter).
     `scale_decoder_outputs`: multiply the decoder output by d_model**-0.5 before the output projection (original T5);
     None means "same as tie_word_embeddings", which is the rule every T5 checkpoint before transformers v5 followed.
-    `fused`: which kernels implement RMSNorm / the fused optimizers / cross-entropy (`lightning_t5.fused`).
+    `fused`: which kernels implement RMSNorm / the fused optimizers / cross-entropy (`lightning_t5.model.fused`).
     `attention`: "sdpa" (torch.nn.functional.scaled_dot_product_attention with the bias as an additive mask) or
     "eager" (explicit softmax(QK^T + bias)V, the readable reference).
     `autocast_dtype`: run forward under torch.autocast with this dtype (None: leave precision to the caller/Lightning).
@@ -182,7 +182,8 @@ def preset_yaml(name: str) -> str:
 
     header = (f"# T5 model preset '{name}': every lightning_t5.T5Config field (Hydra composes this under `model`,\n"
               "# so each field can be overridden on the command line, e.g. model.fused=torch model.dropout_rate=0.0).\n"
-              "# Generated from lightning_t5.config.PRESETS by write_preset_yamls: edit PRESETS, not this file.\n")
+              "# Generated from lightning_t5.model.config.PRESETS by write_preset_yamls: edit PRESETS, not this "
+              "file.\n")
     fields = T5Config.from_preset(name).to_dict()
     return header + "".join(yaml.safe_dump({key: value}, sort_keys=False) for key, value in fields.items())
 

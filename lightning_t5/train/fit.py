@@ -10,10 +10,8 @@ logs, `train_log.jsonl`, `metrics.json` and `results.md`.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,182 +19,24 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_t5.checkpoint import CheckpointError, RunInterrupted, find_last_checkpoint
-from lightning_t5.schema import ConfigError, to_run_config, validate_config
-from lightning_t5.sharding import check_config as check_sharding_config
-from lightning_t5.sharding import full_state_dict, make_strategy, sharding_options
-from lightning_t5.truncation import report_for_run
+from lightning_t5.dist.checkpoint import load_weights
+from lightning_t5.dist.sharding import check_config as check_sharding_config
+from lightning_t5.dist.sharding import full_state_dict, sharding_options
+from lightning_t5.errors import RunInterrupted
+from lightning_t5.eval.evaluation import eval_details, render_run_results, write_json, write_predictions
+from lightning_t5.eval.truncation import report_for_run
+from lightning_t5.model.t5 import T5
+from lightning_t5.train.setup import RunSetup, plain, resolve_run_config
 
 if TYPE_CHECKING:
-    from lightning_t5.callbacks import InterruptCheckpoint, TrainLog
+    from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog
 
-__all__ = ["fit", "prepare_config", "resolve_run_config", "load_resume_config", "RunSetup"]
+# Modules that import Lightning (callbacks, module, data, strategy) are imported inside the steps that build the
+# Trainer: importing Lightning takes seconds, and every configuration check runs before that.
+
+__all__ = ["fit"]
 
 log = logging.getLogger(__name__)
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def _timestamp() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-_RUN_IDENTITY_KEYS = ("resume", "run_dir", "run_name", "output_dir", "experiment")
-_RESUMABLE_TOP_LEVEL = ("seed", "export_hf", "init_from")
-
-
-def load_resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config a run was started with (`run_dir/config.yaml`) plus command-line `key=value` overrides.
-
-    `python train.py resume=runs/X` must continue run X with X's settings, not with today's defaults; only keys the
-    user names again on the command line (e.g. `trainer.max_steps=2000`) change. Group selections (`model=small`)
-    are ignored here: the architecture of a run cannot change on resume.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"resume={str(run_dir)!r}: the run directory does not exist. Pass a directory written "
-                              f"by a previous run (runs/<run_name>), or resume=auto to resume when possible.")
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        raise CheckpointError(f"resume={str(run_dir)!r}: {saved_path} is missing; this is not a lightning_t5 run "
-                              f"directory.")
-    saved = OmegaConf.load(saved_path)
-    dotlist = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "=" not in override or key.startswith("hydra.") or key in _RUN_IDENTITY_KEYS:
-            continue
-        if "." in key or key in _RESUMABLE_TOP_LEVEL:  # `model=small` (a group choice) is not applied
-            dotlist.append(override.lstrip("+~"))
-    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist)) if dotlist else saved
-    merged.resume = str(run_dir)
-    merged.run_dir = str(run_dir)
-    return to_run_config(merged)
-
-
-def prepare_config(cfg: Any) -> DictConfig:
-    """Structured, validated copy of `cfg` with `run_name`/`run_dir` filled in (resume paths fix the run dir)."""
-    cfg = validate_config(to_run_config(cfg))
-    resume = cfg.resume
-    if resume not in (None, "auto"):
-        path = Path(resume)
-        if path.suffix == ".ckpt":
-            if not path.exists():  # a file, or a sharded run's checkpoint directory
-                raise CheckpointError(f"resume={resume!r}: the checkpoint file does not exist.")
-            path = path.parent.parent
-        if not path.is_dir():
-            raise CheckpointError(f"resume={resume!r}: the run directory does not exist. Pass a directory written by "
-                                  f"a previous run (runs/<run_name>), or resume=auto.")
-        cfg.run_dir = str(path)
-        cfg.run_name = cfg.run_name or path.name
-    if cfg.run_name is None:
-        cfg.run_name = Path(cfg.run_dir).name if cfg.run_dir else _timestamp()
-    if cfg.run_dir is None:
-        cfg.run_dir = str(Path(cfg.output_dir) / cfg.run_name)
-    return cfg
-
-
-class RunSetup:
-    """Everything resolved before building the Trainer (kept separate so errors come before slow work)."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        import tasks
-        from mixtures import MixtureRegistry
-
-        self.cfg = cfg
-        tasks.import_modules(list(cfg.imports))
-        self.mixture = MixtureRegistry.get(cfg.mixture)
-        if cfg.get("objective"):
-            self.mixture = with_objective(self.mixture, OmegaConf.to_container(cfg.objective, resolve=True))
-        self.task_names = list(self.mixture.task_names)
-        vocabularies = {t.vocabulary.fingerprint: t.vocabulary for t in self.mixture.tasks}
-        if len(vocabularies) != 1:
-            raise ConfigError(f"mixture={cfg.mixture!r} mixes {len(vocabularies)} vocabularies; one model needs one.")
-        self.vocabulary = next(iter(vocabularies.values()))
-        self.vocab_fingerprint = self.vocabulary.fingerprint
-        if cfg.model.vocab_size < self.vocabulary.vocab_size:
-            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of mixture "
-                              f"{cfg.mixture!r} ({self.vocabulary.vocab_size} ids incl. extra ids); token ids would "
-                              f"overflow the embedding.")
-        from lightning_t5.fused import resolve_backend
-
-        resolve_backend(cfg.model.fused, log=False)  # model.fused=apex without Apex: FusedBackendError, now
-        self.model_config = dict(_plain(cfg.model))
-        self.mixing = self._check_mixing()
-        self.eval_tasks = self._check_eval_tasks()
-        self.checkpoint = self._resolve_checkpoint()
-
-    def _check_mixing(self) -> Any:
-        """`mixing.*` as the training data will use it (MixtureError on T <= 0, K < 0, unknown rate...)."""
-        from mixtures import MixingConfig
-
-        mixing = {k: v for k, v in dict(_plain(self.cfg.mixing)).items() if v is not None}
-        return MixingConfig.from_dict(mixing)
-
-    def _check_eval_tasks(self) -> list[str]:
-        """`eval.tasks` names registered tasks (TaskError with suggestions otherwise)."""
-        from tasks import TaskRegistry
-
-        names = self.cfg.eval.tasks
-        if names is None:
-            return [t.name for t in self.mixture.tasks if getattr(t, "supervised", True)]
-        return [TaskRegistry.get(str(name)).name for name in names]
-
-    def _resolve_checkpoint(self) -> Path | None:
-        cfg = self.cfg
-        if cfg.resume is None:
-            return None
-        run_dir = Path(cfg.run_dir)
-        if str(cfg.resume).endswith(".ckpt"):
-            ckpt: Path | None = Path(cfg.resume)
-        else:
-            ckpt = find_last_checkpoint(run_dir)
-        if ckpt is None:
-            if cfg.resume == "auto":
-                return None
-            raise CheckpointError(f"resume={cfg.resume!r}: no checkpoint in {run_dir / 'checkpoints'} (the run "
-                                  f"stopped before its first checkpoint; start it again without resume).")
-        from lightning_t5.checkpoint import check_compatible, load_checkpoint
-
-        check_compatible(load_checkpoint(ckpt), self.model_config, self.vocab_fingerprint, path=str(ckpt))
-        return ckpt
-
-
-def _init_weights(model: Any, init_from: str, model_config: Mapping[str, Any], vocab_fingerprint: str) -> None:
-    """Initialise `model` from a lightning_t5 checkpoint (.ckpt) or a Hugging Face T5 directory (weights only)."""
-    from lightning_t5.checkpoint import check_compatible, load_checkpoint, model_state_dict
-    from lightning_t5.sharded_checkpoint import is_checkpoint, is_complete, load_full_model_state
-
-    path = Path(init_from)
-    if path.is_dir() and is_checkpoint(path / "last.ckpt"):
-        path = path / "last.ckpt"
-    elif path.is_dir() and (path / "checkpoints").is_dir():
-        found = find_last_checkpoint(path)
-        path = found if found is not None else path
-    if path.is_file() or is_complete(path):  # a .ckpt file, or a sharded run's checkpoint directory
-        ckpt = load_checkpoint(path)
-        check_compatible(ckpt, model_config, vocab_fingerprint, path=str(path))
-        model.load_state_dict(model_state_dict({"state_dict": load_full_model_state(path)} if path.is_dir() else ckpt))
-    elif path.is_dir():
-        from lightning_t5 import T5
-
-        source = T5.from_hf(str(path))
-        try:
-            model.load_state_dict(source.state_dict())
-        except RuntimeError as err:
-            raise CheckpointError(f"init_from={init_from!r}: the Hugging Face model does not match model config "
-                                  f"({str(err).splitlines()[0]}).") from err
-    else:
-        raise CheckpointError(f"init_from={init_from!r} is neither a checkpoint file nor a directory.")
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    from lightning_t5.evaluation import write_json
-
-    write_json(path, payload)  # standard JSON: NaN -> null
 
 
 class _DropAdverts(logging.Filter):
@@ -242,8 +82,8 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     cfg = resolve_run_config(cfg, overrides)
     check_sharding_config(cfg)
     setup = RunSetup(cfg)  # every data-free check: a mistake stops here, before any directory or data work
-    from lightning_t5.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
-    from lightning_t5.rank_agreement import RankAgreement
+    from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
+    from lightning_t5.dist.rank_agreement import RankAgreement
 
     datamodule = _build_datamodule(cfg, setup)
     # token caches (streaming corpora must be cached offline, else an error gives the command) and the repetition
@@ -272,14 +112,6 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     return result
 
 
-def resolve_run_config(cfg: Any, overrides: Sequence[str] | None = None) -> DictConfig:
-    """The validated run config: a resumed run's saved config plus the command-line overrides, else `cfg` itself."""
-    raw_resume = OmegaConf.select(cfg, "resume") if OmegaConf.is_config(cfg) else (cfg or {}).get("resume")
-    if raw_resume not in (None, "auto") and overrides is not None and not str(raw_resume).endswith(".ckpt"):
-        cfg = load_resume_config(raw_resume, overrides)
-    return prepare_config(cfg)
-
-
 def _seed_and_precision(cfg: DictConfig) -> None:
     import pytorch_lightning as pl
     import torch
@@ -291,11 +123,11 @@ def _seed_and_precision(cfg: DictConfig) -> None:
 
 def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
     """The LightningModule, initialised from `init_from` when the run does not resume."""
-    from lightning_t5.module import T5LightningModule
+    from lightning_t5.train.module import T5LightningModule
 
     tcfg = cfg.trainer
     module = T5LightningModule(
-        model_config=setup.model_config, optim=_plain(cfg.optim), task_names=setup.task_names,
+        model_config=setup.model_config, optim=plain(cfg.optim), task_names=setup.task_names,
         total_steps=int(cfg.optim.total_steps or tcfg.max_steps), vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
         eval_options={"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": int(cfg.eval.num_beams),
@@ -303,7 +135,7 @@ def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
         sharding=sharding_options(cfg),
     )
     if cfg.init_from and setup.checkpoint is None:
-        _init_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
+        load_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
     return module
 
 
@@ -315,11 +147,11 @@ def _on_gpu(cfg: DictConfig) -> bool:
 
 
 def _build_datamodule(cfg: DictConfig, setup: RunSetup) -> Any:
-    from lightning_t5.data import MixtureDataModule
+    from lightning_t5.train.data import MixtureDataModule
 
     tcfg = cfg.trainer
     return MixtureDataModule(
-        setup.mixture, data=_plain(cfg.data), mixing=_plain(cfg.mixing), eval=_plain(cfg.eval), seed=int(cfg.seed),
+        setup.mixture, data=plain(cfg.data), mixing=plain(cfg.mixing), eval=plain(cfg.eval), seed=int(cfg.seed),
         total_batches=int(tcfg.max_steps) * int(tcfg.accumulate_grad_batches), pin_memory=_on_gpu(cfg),
         imports=list(cfg.imports or []),
     )
@@ -333,8 +165,8 @@ def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog, e
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from lightning_t5.callbacks import RngState, StepCheckpoint, TrainProgressBar
-    from lightning_t5.checkpoint_io import AtomicCheckpointIO
+    from lightning_t5.dist.strategy import AtomicCheckpointIO, make_strategy
+    from lightning_t5.train.callbacks import RngState, StepCheckpoint, TrainProgressBar
 
     tcfg, run_dir = cfg.trainer, Path(cfg.run_dir)
     accumulate = int(tcfg.accumulate_grad_batches)
@@ -385,7 +217,7 @@ def _evaluate_before_training(trainer: Any, module: Any, datamodule: Any, cfg: D
         _phase(trainer, f"preparing data and evaluating the untrained model on {len(setup.eval_tasks)} task(s) ...")
         before = _evaluate(trainer, module, datamodule, force=True)
         if trainer.is_global_zero and before is not None:
-            _write_json(before_path, {k: v for k, v in before.items() if k != "records"})
+            write_json(before_path, {k: v for k, v in before.items() if k != "records"})
         return before
     return json.loads(before_path.read_text()) if before_path.is_file() else None
 
@@ -415,8 +247,6 @@ def _evaluate(trainer: Any, module: Any, datamodule: Any, force: bool = False) -
 
 def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str, Any] | None,
             after: dict[str, Any] | None, start: float, truncation: Any) -> dict[str, Any]:
-    from lightning_t5.evaluation import eval_details
-
     last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     return {
         "run_dir": str(cfg.run_dir),
@@ -437,40 +267,13 @@ def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before:
                    export_state: dict[str, Any] | None) -> None:
     """predictions/<task>.jsonl, metrics.json, results.md, the results on the console and the optional Hugging Face
     export (`export_state`: the full weights gathered by every rank, rebuilt on the CPU-safe backend)."""
-    from lightning_t5.evaluation import render_run_results, write_predictions
-    from lightning_t5.export import export_state_dict
-
     run_dir = Path(cfg.run_dir)
     write_predictions(run_dir, after)
-    _write_json(run_dir / "metrics.json", result)
+    write_json(run_dir / "metrics.json", result)
     text = render_run_results(cfg, result, with_before=before is not None)
     (run_dir / "results.md").write_text(text)
     print("\n" + text + "\n")
     print(f"run directory: {run_dir}")
     if cfg.export_hf:
-        export_state_dict(dict(model_config), export_state, cfg.export_hf)
+        T5.from_state_dict(model_config, export_state).save_hf(cfg.export_hf)
         print(f"exported Hugging Face model to {cfg.export_hf}")
-
-
-def with_objective(mixture: Any, objective: dict[str, Any]) -> Any:
-    """The mixture with each top-level corpus (unsupervised) task replaced by the configured objective's variant.
-
-    ``objective`` is a ``configs/objective/*.yaml`` mapping (``task`` + hyper-parameters); the variant is
-    registered under its own name (``corpus_span_corruption_msl10``...) so its cache and logs are distinct.
-    """
-    from mixtures import Mixture
-    from tasks.catalog.corpus import objective_options, register_variant, task_for_objective
-
-    base = task_for_objective(objective)
-    options = objective_options(objective)
-    variant = register_variant(base.name, **options) if options else base
-    members, replaced = [], 0
-    for member, rate in mixture.members():
-        if getattr(member, "supervised", True) is False and not isinstance(member, Mixture):
-            member, replaced = variant.name, replaced + 1
-        members.append(member if rate is None else (member, rate))
-    if not replaced:
-        raise ConfigError(f"objective={objective!r} is set but mixture={mixture.name!r} has no corpus task to apply "
-                          f"it to.")
-    return Mixture(f"{mixture.name}+{variant.name}", members, defaults=mixture.defaults, sizes=mixture.sizes,
-                   description=mixture.description, default_rate=mixture.default_rate)

@@ -13,7 +13,7 @@ logits, so that each backend can choose how to get from one to the other:
   materialises the [N, V] logits.
 
 It returns the *sum* and the token count, not a mean: data-parallel training divides the sum by the token count of
-the global batch (`lightning_t5.module`), and `T5.loss` divides by the local count. It is called from inside
+the global batch (`lightning_t5.train.module`), and `T5.loss` divides by the local count. It is called from inside
 `T5.forward(return_loss=True)`, so the output embedding is used inside the wrapped module's forward, as DDP and FSDP
 (which unshards parameters only for forward) require.
 """
@@ -87,7 +87,7 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
 
     hidden [N, d]: decoder output at the N positions where `mask` [B, L] is True (row-major order), already scaled
     as the output layer expects; output_weight [V, d]; targets, weights [N]: those positions' target ids and loss
-    weights. `project(hidden, weight)` computes logits where the backend needs them (`lightning_t5.fused.linear`
+    weights. `project(hidden, weight)` computes logits where the backend needs them (`lightning_t5.model.fused.linear`
     in the model, for its CPU bf16 path). Returns sums (see `LossOutput`); `per_token` is scattered back to [B, L].
     """
     targets = targets.long()

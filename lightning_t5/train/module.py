@@ -15,11 +15,11 @@ from typing import Any, Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 
-from lightning_t5.evaluation import evaluate_predictions, gather_predictions
-from lightning_t5.fused import log_kernels, make_optimizer
-from lightning_t5.model import SEQIO_INPUTS
-from lightning_t5.schedules import lr_lambda
-from lightning_t5.sharding import build_model, gather_root, reshard_root, shard_model
+from lightning_t5.eval.evaluation import evaluate_predictions, gather_predictions
+from lightning_t5.model.fused import log_kernels, make_optimizer
+from lightning_t5.model.t5 import SEQIO_INPUTS
+from lightning_t5.train.schedules import lr_lambda
+from lightning_t5.dist.sharding import build_model, gather_root, reshard_root, shard_model
 
 __all__ = ["T5LightningModule", "lr_lambda", "build_optimizer", "NonFiniteLossError"]
 
@@ -35,7 +35,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def build_optimizer(model: torch.nn.Module, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
     """Adafactor (T5's: factored second moments, parameter-scale relative steps), AdamW or the Apex fused ones,
-    built by `lightning_t5.fused.make_optimizer` on the model's kernel backend.
+    built by `lightning_t5.model.fused.make_optimizer` on the model's kernel backend.
 
     torch.optim.Adafactor's step size is min(lr, 1/sqrt(step)) * RMS(param); with lr 0.01 that is T5's
     1/sqrt(max(step, 1e4)), so the `inverse_sqrt` LambdaLR on top of it agrees with it rather than decaying twice.
@@ -90,8 +90,8 @@ class T5LightningModule(pl.LightningModule):
         return self.trainer.strategy.reduce(value.clone(), reduce_op="sum")
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        # The model's forward computes the loss (lightning_t5.losses.masked_cross_entropy): under DDP/FSDP only the
-        # wrapped module's forward may run the model, and Liger's fused CE needs the output embedding in there.
+        # The model's forward computes the loss (lightning_t5.model.losses.masked_cross_entropy): under DDP/FSDP only
+        # the wrapped module's forward may run the model, and Liger's fused CE needs the output embedding in there.
         out = self.model(**{k: batch[k] for k in LOSS_INPUTS if k in batch}, return_loss=True, z_loss=self.z_loss)
         local_sum, losses = out.sum, out.per_token
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -136,7 +136,7 @@ class T5LightningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        """FSDP2 sharding under `trainer=fsdp` (lightning_t5.sharding); nothing otherwise."""
+        """FSDP2 sharding under `trainer=fsdp` (lightning_t5.dist.sharding); nothing otherwise."""
         if self.hparams.get("sharding"):
             shard_model(self.model, self.device_mesh, self.hparams["sharding"])
 

@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from lightning_t5.stats import LEVEL, N_RESAMPLES, bootstrap_ci, json_safe
+from lightning_t5.eval.scoring import benchmark_averages
+from lightning_t5.eval.stats import LEVEL, N_RESAMPLES, bootstrap_ci, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ __all__ = [
     "TaskEvaluator",
     "EvalDataset",
     "collate_eval",
-    "task_score",
-    "benchmark_averages",
     "format_metrics_table",
     "gather_predictions",
     "evaluate_predictions",
@@ -257,33 +256,6 @@ class TaskEvaluator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def task_score(metrics: Mapping[str, float], rank: bool = False) -> float:
-    """T5's per-task score: the mean of the task's (generation, or `rank_`) metrics."""
-    values = [v for k, v in metrics.items() if k.startswith("rank_") == rank and not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def benchmark_averages(metrics: Mapping[str, Mapping[str, float]], benchmarks: Mapping[str, str | None]
-                       ) -> dict[str, float]:
-    """{"glue": ..., "super_glue": ..., "overall": ...}: mean over tasks of each task's mean metric.
-
-    A benchmark appears only when at least one of its tasks was evaluated; "overall" averages every task.
-    """
-    per_bench: dict[str, list[float]] = {}
-    scores = []
-    for task, values in metrics.items():
-        score = task_score(values)
-        if math.isnan(score):
-            continue
-        scores.append(score)
-        bench = benchmarks.get(task)
-        if bench:
-            per_bench.setdefault(bench, []).append(score)
-    out = {bench: float(np.mean(v)) for bench, v in sorted(per_bench.items())}
-    out["overall"] = float(np.mean(scores)) if scores else float("nan")
-    return out
-
-
 def format_metrics_table(after: Mapping[str, Mapping[str, float]],
                          before: Mapping[str, Mapping[str, float]] | None = None,
                          averages: Mapping[str, float] | None = None,
@@ -434,7 +406,7 @@ def render_run_results(cfg: Any, result: Mapping[str, Any], with_before: bool) -
     text = header + table + "\n" + gen_text
     trunc = result.get("truncation")
     if trunc:
-        from lightning_t5.truncation import render_truncation
+        from lightning_t5.eval.truncation import render_truncation
 
         text += "\n" + render_truncation(trunc) + "\n"
     return text

@@ -11,7 +11,7 @@
             AdamW(fused=True). An error when liger_kernel, Triton or CUDA is missing.
 * `torch` - `F.rms_norm` computed in fp32, `torch.optim.AdamW(fused=True)`, `torch.optim.Adafactor`, plain CE.
 * `none`  - the plain reference implementation (HF `T5LayerNorm` arithmetic), unfused optimizers.
-* `auto`  - `apex` when available, else `torch`; the choice is logged on `lightning_t5.fused`.
+* `auto`  - `apex` when available, else `torch`; the choice is logged on `lightning_t5.model.fused`.
 
 `describe_kernels` names the kernels a built model and optimizer actually run, and `log_kernels` logs that line
 once, so a run's log says what ran rather than what was asked for.
@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger("lightning_t5.fused")
+logger = logging.getLogger("lightning_t5.model.fused")
 
 BACKENDS = ("auto", "apex", "liger", "torch", "none")  # the one list of valid `model.fused` values
+PORTABLE_BACKEND = "torch"  # runs on any CPU: what loading for export/evaluation rebuilds a model on
 OPTIMIZERS = ("adamw", "adafactor", "fused_adam", "fused_lamb")
 
 APEX_INSTALL_HINT = (
@@ -350,7 +351,7 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: fl
 # What runs
 # ---------------------------------------------------------------------------------------------------------------
 def cross_entropy_kernel(backend: str, *, is_cuda: bool, z_loss: float) -> str:
-    """Which cross-entropy implementation `lightning_t5.losses.masked_cross_entropy` runs for these arguments.
+    """Which cross-entropy implementation `lightning_t5.model.losses.masked_cross_entropy` runs for these arguments.
 
     Apex xentropy returns no log-partition, so with z_loss > 0 the apex backend computes the loss with torch."""
     if backend == "liger" and is_cuda:
@@ -397,7 +398,7 @@ _LOGGED: set[str] = set()
 
 
 def log_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str:
-    """Log `describe_kernels` on `lightning_t5.fused` at INFO, once per distinct line in this process."""
+    """Log `describe_kernels` on `lightning_t5.model.fused` at INFO, once per distinct line in this process."""
     line = describe_kernels(model, optimizer)
     if line not in _LOGGED:
         _LOGGED.add(line)

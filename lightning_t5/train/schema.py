@@ -6,9 +6,9 @@ Why a schema: Hydra/OmegaConf only stop an unknown key or a wrongly typed value 
 fixed set of choices (`mixing.rate`, `optim.name`, `trainer.precision`, ...) are plain strings checked by
 `validate_config`, which names the key and lists the valid choices in one sentence.
 
-The `model` and `mixing` sections are generated from `lightning_t5.config.T5Config` and `mixtures.MixingConfig`, and
-every list of choices is imported from the module that implements the choices, so the schema never drifts from the
-code that consumes it.
+The `model` and `mixing` sections are generated from `lightning_t5.model.config.T5Config` and
+`mixtures.MixingConfig`, and every list of choices is imported from the module that implements the choices, so the
+schema never drifts from the code that consumes it.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_t5.config import ATTENTION_CHOICES, T5Config
-from lightning_t5.fused import BACKENDS, OPTIMIZERS
-from lightning_t5.schedules import SCHEDULES
+from lightning_t5.errors import ConfigError
+from lightning_t5.model.config import ATTENTION_CHOICES, T5Config
+from lightning_t5.model.fused import BACKENDS, OPTIMIZERS
+from lightning_t5.train.experiment_options import ExperimentOptions
+from lightning_t5.train.schedules import SCHEDULES
 from mixtures.rates import RATE_NAMES, SIZE_SOURCES, MixingConfig
 from mixtures.sampler import GRANULARITIES
 
 __all__ = [
-    "ConfigError",
     "RunConfig",
     "CHOICES",
     "check_overrides",
@@ -37,10 +38,6 @@ __all__ = [
     "to_run_config",
     "validate_config",
 ]
-
-
-class ConfigError(ValueError):
-    """An invalid run configuration, described in one paragraph that names the key (raised before any work)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,7 +152,7 @@ class OptimConfig:
 
 @dataclass
 class FSDPConfig:
-    """`trainer.fsdp`: knobs of sharded runs (`trainer=fsdp`; lightning_t5/sharding.py explains them)."""
+    """`trainer.fsdp`: knobs of sharded runs (`trainer=fsdp`; lightning_t5/dist/sharding.py explains them)."""
 
     meta_init: Optional[bool] = None  # null: build on the meta device when the model has >= 500M parameters
 
@@ -201,7 +198,7 @@ class RunConfig:
     run_name: Optional[str] = None  # None: a timestamp
     run_dir: Optional[str] = None  # None: ${output_dir}/${run_name}
     experiment: Optional[str] = None
-    experiment_options: Any = None  # replaced by lightning_t5.experiments.options.ExperimentOptions
+    experiment_options: Any = None  # replaced by lightning_t5.train.experiment_options.ExperimentOptions
     # configs/objective/*.yaml: the pretraining objective of the mixture's corpus tasks, e.g.
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
@@ -214,8 +211,6 @@ def build_schema() -> type:
     """`RunConfig` with its `model` and `mixing` sections generated from the consuming dataclasses (cached)."""
     global _SCHEMA
     if _SCHEMA is None:
-        from lightning_t5.experiments.options import ExperimentOptions
-
         model, mixing = _model_schema(), _mixing_schema()
         _SCHEMA = dataclasses.make_dataclass(
             "RunConfigSchema",

@@ -2,7 +2,7 @@
 
 Parameter names are exactly those of `transformers.T5ForConditionalGeneration` minus the aliases HF ties
 (`encoder.embed_tokens`, `decoder.embed_tokens`, and `lm_head` when the output projection is tied), so a HF state dict
-loads with no renaming (`lightning_t5.hf`). Two calling conventions:
+loads with no renaming (`lightning_t5.model.hf`). Two calling conventions:
 
 * seqio / packed: `model(encoder_input_tokens=..., decoder_input_tokens=..., encoder_segment_ids=..., ...)` -> logits.
   Segment ids stop attention across packed examples; per-segment positions drive the relative bias.
@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, T5Attention, combine_bias_and_mask, position_bias, to_autocast_dtype
 from .config import T5Config
-from .fused import Dropout, Linear, gelu_tanh_mul, linear, make_rms_norm, resolve_backend
+from .fused import PORTABLE_BACKEND, Dropout, Linear, gelu_tanh_mul, linear, make_rms_norm, resolve_backend
 from .losses import LossOutput, hf_cross_entropy, masked_cross_entropy
 
 SEQIO_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
@@ -253,13 +253,27 @@ class T5(nn.Module):
         """Load a transformers T5 checkpoint directory (or hub id); `overrides` set T5Config fields (e.g. fused)."""
         from .hf import load_hf
 
-        return load_hf(path, **overrides)
+        return load_hf(cls, path, **overrides)
 
     def save_hf(self, path: str) -> None:
         """Write config.json + model.safetensors that `T5ForConditionalGeneration.from_pretrained` loads."""
         from .hf import save_hf
 
         save_hf(self, path)
+
+    @classmethod
+    def from_state_dict(cls, model_config: Mapping[str, Any], state: Mapping[str, torch.Tensor],
+                        fused: str = PORTABLE_BACKEND) -> "T5":
+        """A model of `model_config` (T5Config fields) holding the full, unsharded weights `state`, in eval mode.
+
+        Built on `fused` (default: the CPU-safe torch kernels): the kernel backend changes no parameter, so a run
+        trained with `fused=apex` or `fused=liger` loads and exports on a machine that has neither. Keys of
+        compiled blocks (`._orig_mod`) are accepted.
+        """
+        config = {**dict(model_config), "fused": fused, "compile": False}
+        model = cls(T5Config.from_dict(config))
+        model.load_state_dict({k.replace("._orig_mod", ""): v for k, v in state.items()})
+        return model.eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -361,7 +375,7 @@ class T5(nn.Module):
 
         `return_loss=True` (the training path: `model(**batch, return_loss=True)`): the loss of
         `decoder_target_tokens` weighted by `decoder_loss_weights` (default: targets != pad), computed by
-        `lightning_t5.losses.masked_cross_entropy` on the positions with weight > 0 only (the logits_mask saving
+        `lightning_t5.model.losses.masked_cross_entropy` on the positions with weight > 0 only (the logits_mask saving
         above) with the backend's cross-entropy kernel; `z_loss` defaults to `config.z_loss`. The loss is computed
         here, inside forward, because Liger's fused linear cross-entropy reads the output embedding, which FSDP
         unshards only during the wrapped module's forward. Returns sums (`LossOutput.sum`, `.count`) so that

@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_t5.evaluation import TaskEvaluator, collate_eval
+from lightning_t5.eval.evaluation import TaskEvaluator, collate_eval
 
 __all__ = ["MixtureDataModule", "SizedStream"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from lightning_t5.schema import ConfigError
+from lightning_t5.errors import ConfigError
 
 __all__ = ["RankAgreement", "check_rank_agreement", "rank_record"]
 

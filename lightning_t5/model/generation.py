@@ -16,7 +16,7 @@ import torch
 from .attention import combine_bias_and_mask, position_bias
 
 if TYPE_CHECKING:
-    from .model import LayerCache, T5
+    from .t5 import LayerCache, T5
 
 
 class _Decoder:

@@ -1,6 +1,7 @@
 """`experiment_options`: the settings of a T5 comparison (Tables 11/12) as a structured schema.
 
-Why a dataclass: the run schema (`lightning_t5.schema.build_schema`) embeds `ExperimentOptions`, so a misspelt key
+It lives in the training room because it is part of the run schema (`lightning_t5.train.schema.build_schema`
+embeds it), and the schema may not import from `experiments/`, the room above. Why a dataclass: a misspelt key
 (`experiment_options.pretrain_stepz=3`) or a wrongly typed value (`experiment_options.seeds=[a]`) fails when Hydra
 composes the config, with the same "did you mean" message as every other config key, before anything trains.
 `lightning_t5.experiments.plan` then checks what types cannot say (positive step counts, known strategies, ...).

@@ -1,0 +1,2 @@
+"""Scoring: per-task evaluation (`evaluation`), the one task-scoring rule (`scoring`), statistics (`stats`:
+bootstrap, permutation tests, Holm) and the truncation report (`truncation`)."""
