@@ -1,10 +1,11 @@
 """Results of an experiment: one row per strategy (or mixing rate), a column per task metric and per benchmark
 average, the compute each row used, and the T5 paper's numbers beside ours where the benchmark matches.
 
-Scoring follows the paper (Section 2.7 / 3.1.4): a task's score is the mean of its metrics (e.g. MRPC's F1 and
-accuracy, STS-B's Pearson and Spearman), a benchmark average (GLUE, SGLUE) is the mean of its tasks' scores.
-Our averages are over the tasks the experiment ran, so they match the paper's benchmark only when every task of
-the benchmark is in the experiment; the table says over how many tasks each average is taken.
+Scoring follows the paper (Section 2.7 / 3.1.4) through the one scoring function (`lightning_t5.eval.scoring`, also
+behind each run's metrics.json): a task's score is the mean of its metrics (e.g. MRPC's F1 and accuracy, STS-B's
+Pearson and Spearman; an undefined correlation counts as 0), a benchmark average (GLUE, SGLUE) is the mean of its
+tasks' scores. Our averages are over the tasks the experiment ran, so they match the paper's benchmark only when
+every task of the benchmark is in the experiment; the table says over how many tasks each average is taken.
 """
 
 from __future__ import annotations
@@ -17,56 +18,31 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lightning_t5.eval.scoring import average_replicates, is_score, metric_score, task_score
 from lightning_t5.eval.stats import json_safe
 
 from .paper import BASELINE_STD, PAPER_CITATION, PAPER_COLUMNS, TABLE_11, TABLE_12, paper_row
 from .plan import ExperimentPlan, Row
-from .significance import add_statistics
+from .significance import add_statistics, average_names
 
 # Full benchmark sizes (tasks that enter the paper's average) to say whether our average covers the benchmark.
 BENCHMARK_TASK_COUNTS = {"glue": 8, "super_glue": 8}
 BENCHMARK_NAMES = {"glue": "GLUE", "super_glue": "SGLUE", "overall": "overall"}
-_NOT_SCORES = ("loss", "num_examples", "examples", "n")
 
 
-def _is_score(metric: str) -> bool:
-    return not (metric in _NOT_SCORES or metric.endswith("_loss") or metric.startswith("num_"))
-
-
-def _mean(values: list[float]) -> float | None:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _score_value(metric: str, value: Any) -> float | None:
-    """A metric's value for averaging. A correlation (Pearson, Spearman, MCC) of constant predictions is undefined
-    (NaN/null); it counts as 0, no correlation, so a model or the majority class that predicts one value is scored
-    at chance instead of dropping the task from its average (which would compare averages over different tasks)."""
-    if isinstance(value, (int, float)) and math.isfinite(float(value)):
-        return float(value)
-    return 0.0 if metric.endswith("corrcoef") else None
-
-
-def task_score(metrics: Mapping[str, float], rank: bool = False) -> float | None:
-    """The paper's per-task score: mean of the task's metrics (all on 0-100).
-
-    `rank=False` uses the generation metrics (what the paper reports); `rank=True` the rank-classification ones
-    (`rank_*`: each label string scored by likelihood), which separate small models that do not yet generate
-    valid labels. An undefined correlation counts as 0 (see `_score_value`)."""
-    return _mean([_score_value(k, v) for k, v in metrics.items() if _is_score(k) and k.startswith("rank_") == rank])
+def _bench_name(bench: str) -> str:
+    return BENCHMARK_NAMES.get(bench, bench)
 
 
 def _averages(tasks: list[str], scores: Mapping[str, float | None], benchmarks: Mapping[str, str | None]
               ) -> tuple[dict[str, float | None], dict[str, int]]:
-    averages: dict[str, float | None] = {}
-    counts: dict[str, int] = {}
-    for bench in ("glue", "super_glue"):
-        members = [t for t in tasks if benchmarks.get(t) == bench]
-        if members:
-            averages[bench] = _mean([scores.get(t) for t in members])
-            counts[bench] = len(members)
-    averages["overall"] = _mean([scores.get(t) for t in tasks])
-    counts["overall"] = len(tasks)
+    """Every average of the table (`average_names`) over the tasks that have a score (None when none has one),
+    computed by `scoring.average_replicates`, and the number of tasks each one is meant to cover."""
+    names = average_names(tasks, benchmarks)
+    values = average_replicates({t: scores[t] if scores.get(t) is not None else math.nan for t in tasks
+                                 if t in scores}, benchmarks)
+    averages = {b: _finite(float(values[b][0])) if b in values else None for b in names}
+    counts = {b: sum(1 for t in tasks if b == "overall" or benchmarks.get(t) == b) for b in names}
     return averages, counts
 
 
@@ -110,7 +86,7 @@ def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str,
             metrics_std[task] = {k: (float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else None)
                                  for k in names}
             for k in names:
-                if _is_score(k) and k not in metric_names[task]:
+                if is_score(k) and k not in metric_names[task]:
                     metric_names[task].append(k)
         scores = {t: task_score(m) for t, m in metrics.items()}
         rank_scores = {t: task_score(m, rank=True) for t, m in metrics.items()}
@@ -188,13 +164,16 @@ def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str,
 
 def majority_row(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, Any]],
                  benchmarks: Mapping[str, str | None]) -> dict[str, Any] | None:
-    """The constant-prediction reference (train split's most frequent target), as evaluation recorded it."""
+    """The constant-prediction reference (train split's most frequent target, or the evaluated examples' for a task
+    without a train split: `sources`), as evaluation recorded it."""
     metrics: dict[str, dict[str, float]] = {}
+    sources: dict[str, str] = {}
     for res in stage_results.values():
         for task, maj in (res.get("majority") or {}).items():
             if task in plan.tasks and maj and task not in metrics:
+                sources[task] = maj.get("source") or "train"
                 metrics[task] = {k: value for k, v in (maj.get("metrics") or {}).items()
-                                 if (value := _score_value(k, v)) is not None}
+                                 if (value := metric_score(k, v)) is not None}
     if not metrics:
         return None
     scores = {t: task_score(m) for t, m in metrics.items()}
@@ -202,7 +181,7 @@ def majority_row(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, 
     rank_averages, _ = _averages(list(plan.tasks), {t: task_score(m, rank=True) for t, m in metrics.items()},
                                  benchmarks)
     return {"key": "majority_class", "label": "Majority class (reference)", "metrics": metrics, "task_scores": scores,
-            "averages": averages, "rank_averages": rank_averages}
+            "averages": averages, "rank_averages": rank_averages, "sources": sources}
 
 
 def _ranking_key(results: Mapping[str, Any]) -> str:
@@ -250,12 +229,12 @@ def compare_ordering(results: Mapping[str, Any]) -> dict[str, Any]:
     n = sum(1 for b in results["benchmarks"].values() if b == ours_key)
     full = BENCHMARK_TASK_COUNTS.get(ours_key)
     if ours_key == "overall" or (full and n < full):
-        subset = (f" Our {BENCHMARK_NAMES[ours_key]} average covers "
+        subset = (f" Our {_bench_name(ours_key)} average covers "
                   f"{n if ours_key != 'overall' else len(results['tasks'])}"
                   f" task(s), not the paper's full benchmark, so this is a rough check.")
     note = (("Our ordering matches the paper's" if matches else "Our ordering differs from the paper's")
             + f" ({agree}/{len(pairs)} pairs in the paper's order" + (f", {tied} tied" if tied else "")
-            + f", by {BENCHMARK_NAMES[ours_key]} average"
+            + f", by {_bench_name(ours_key)} average"
             + (" of rank-classification scores, as generation scores do not separate the rows" if field != "averages"
                else "") + "). Paper: "
             + " > ".join(label[k] for k in paper) + ". Ours: " + " > ".join(label[k] for k in ours) + "." + subset)
@@ -295,10 +274,10 @@ def _columns(results: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     cols: list[tuple[str, str, Any]] = [(f"{t} {m}", "metric", (t, m)) for t, m in results["metric_columns"]]
     benches = [b for b in ("glue", "super_glue") if any(v == b for v in results["benchmarks"].values())]
     for b in benches + ["overall"]:
-        cols.append((f"{BENCHMARK_NAMES[b]} avg", "average", b))
+        cols.append((f"{_bench_name(b)} avg", "average", b))
     if any(r.get("rank_averages") for r in results["rows"]):
         for b in benches + ["overall"]:
-            cols.append((f"{BENCHMARK_NAMES[b]} avg (rank)", "rank_average", b))
+            cols.append((f"{_bench_name(b)} avg (rank)", "rank_average", b))
     if results.get("paper_citation"):
         matching = paper_columns_for(results["tasks"], results["benchmarks"])
         present = [k for k in PAPER_COLUMNS if k in matching and any(k in r["paper"] for r in results["rows"])]
@@ -360,6 +339,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
               "tasks' scores (a task's score: mean of its metrics).", ""]
     lines += _main_table(results)
     lines += _per_task_table(results)
+    lines += _pairwise_table(results)
     rated = [r for r in results["rows"] if r.get("mixing_rates")]
     if rated:
         mix_tasks = list(dict.fromkeys(t for r in rated for t in r["mixing_rates"]))
@@ -370,7 +350,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                                                            for t in mix_tasks) + " |")
         lines.append("")
     counts = results["rows"][0]["average_task_counts"] if results["rows"] else {}
-    parts = [f"{BENCHMARK_NAMES[b]} avg over {c} task(s)" for b, c in counts.items()]
+    parts = [f"{_bench_name(b)} avg over {c} task(s)" for b, c in counts.items()]
     if parts:
         lines += ["Averages: " + "; ".join(parts) + ". `rank_*` metrics and the \"(rank)\" averages score each "
                   "label string by likelihood (rank classification); the plain averages use generated text, as "
@@ -408,10 +388,10 @@ def _with_ci(value: Any, ci: Sequence[Any] | None, std: Any = None) -> str:
     return text
 
 
-def _test_cell(test: Mapping[str, Any] | None) -> str:
+def _test_cell(test: Mapping[str, Any] | None, flag: str = "significant") -> str:
     if not test or test.get("p") is None:
         return "–"
-    mark = "*" if test.get("significant") else ""
+    mark = "*" if test.get(flag) else ""
     return f"{test['diff']:+.2f}{mark} (p={test.get('p_holm', test['p']):.3f})"
 
 
@@ -425,11 +405,12 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
         matching = paper_columns_for(results["tasks"], results["benchmarks"])
         paper = [k for k in PAPER_COLUMNS if k in matching and any(k in r["paper"] for r in results["rows"])]
     test = results.get("test")
+    tested = [b for b in test.get("averages", [test["metric"]]) if b in benches] if test else []
     test_head = []
     if test:
         rank_note = " rank" if test["scores"] == "rank_averages" else ""
-        test_head = [f"vs {results['baseline']} ({BENCHMARK_NAMES[test['metric']]}{rank_note})"]
-    head = (["row"] + [f"{BENCHMARK_NAMES[b]} avg{suffix}" for f, suffix in fields for b in benches] + test_head
+        test_head = [f"vs {results['baseline']} ({_bench_name(b)}{rank_note})" for b in tested]
+    head = (["row"] + [f"{_bench_name(b)} avg{suffix}" for f, suffix in fields for b in benches] + test_head
             + ["seeds", "steps", "tokens", "wall time (s)"] + [f"paper {PAPER_COLUMNS[k]}" for k in paper])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for row in results["rows"]:
@@ -439,8 +420,9 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
             for b in benches:
                 std = (row.get("averages_std") or {}).get(b) if f == "averages" else None
                 cells.append(_with_ci((row.get(f) or {}).get(b), (row.get(f"{f}_ci") or {}).get(b), std))
-        if test:
-            cells.append("baseline" if row["key"] == results.get("baseline") else _test_cell(row.get("vs_baseline")))
+        for b in tested:
+            cells.append("baseline" if row["key"] == results.get("baseline")
+                         else _test_cell((row.get("vs_baseline_averages") or {}).get(b)))
         cells.append(str(len(row["seeds"])) if row.get("seeds") else "1")
         cells += [_fmt(_cell(row, "compute", k, True)) for k in ("steps", "tokens", "wall_time_s")]
         cells += [_fmt(row["paper"].get(k)) for k in paper]
@@ -448,7 +430,7 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
     maj = results.get("majority")
     if maj:
         cells = [maj["label"]] + [_fmt((maj.get(f) or {}).get(b)) for f, _ in fields for b in benches]
-        cells += (["–"] if test else []) + ["–"] * 4 + ["–"] * len(paper)
+        cells += ["–"] * len(tested) + ["–"] * 4 + ["–"] * len(paper)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     notes = []
@@ -457,12 +439,15 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
     if results.get("seeds"):
         notes.append(f"± : standard deviation over the seeds {results['seeds']} (the value is their mean)")
     if test:
-        notes.append(f"vs baseline: difference of the {BENCHMARK_NAMES[test['metric']]} average to the "
-                     f"{results['baseline']} row, Holm-adjusted p of a {test['name'].split(',')[0]} "
-                     f"({test['permutations']} permutations); * = significant at p < {test['alpha']}")
+        notes.append(f"vs {results['baseline']}: difference of each average to the {results['baseline']} row, "
+                     f"Holm-adjusted (over the rows, per average) p of a {test['name'].split(',')[0]} "
+                     f"(up to {test['permutations']} permutations); * = significant at p < {test['alpha']}")
     if maj:
+        from_eval = sorted(t for t, src in (maj.get("sources") or {}).items() if src != "train")
         notes.append("Majority class: always predicting the train split's most frequent target, scored by each "
-                     "task's own metrics (the chance level every row must beat)")
+                     "task's own metrics (the chance level every row must beat)"
+                     + (f"; for {', '.join(from_eval)} (no train split) the most frequent target of the evaluated "
+                        "examples themselves, an optimistic reference" if from_eval else ""))
     return lines + ([("; ".join(notes)) + ".", ""] if notes else [])
 
 
@@ -479,8 +464,8 @@ def _per_task_table(results: Mapping[str, Any]) -> list[str]:
     maj = (results.get("majority") or {}).get("metrics") or {}
     head = ["row"] + [f"{t} {m}" + (f" (n={counts[t]})" if t in counts else "") for t, m in cols]
     lines = ["Per-task scores" + (" (value [95 % CI]; * = task score differs from the baseline's, Holm-adjusted "
-                                  "paired test; ≤maj = not above the majority class; (maj*) = significantly above "
-                                  "it)" if results.get("test") else "")
+                                  "paired test; ≤maj = not significantly above the majority class, Holm-adjusted "
+                                  "paired test of the metric against its predictions)" if results.get("test") else "")
              + "; a correlation of constant predictions (the majority class) is undefined and counts as 0:", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     rows = list(results["rows"])
@@ -494,16 +479,45 @@ def _per_task_table(results: Mapping[str, Any]) -> list[str]:
                 task_test = (row.get("task_tests") or {}).get(t) or {}
                 if task_test.get("significant"):
                     text += " *"
-                ref = (maj.get(t) or {}).get(m)
-                if ref is not None and v <= ref + 1e-9:
+                if _not_above_majority(row, t, m, (maj.get(t) or {}).get(m)):
                     text += " ≤maj"
-                elif ((row.get("vs_majority") or {}).get(t) or {}).get("significant"):
-                    text += " (maj*)"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     if maj:
         lines.append("| Majority class (reference) | " + " | ".join(_fmt((maj.get(t) or {}).get(m)) for t, m in cols)
                      + " |")
+    return lines + [""]
+
+
+def _not_above_majority(row: Mapping[str, Any], task: str, metric: str, reference: float | None) -> bool:
+    """Whether a row's metric is not shown to be above the majority class: by the paired test of the metric against
+    the majority predictions (Holm over the rows) when the row has one, else by its interval (lower end not above
+    the majority score); never by the point estimates."""
+    if reference is None:
+        return False
+    test = (((row.get("vs_majority") or {}).get(task) or {}).get("metrics") or {}).get(metric)
+    if test is not None and test.get("p") is not None:
+        return not (test.get("significant") and test["diff"] > 0)
+    ci = ((row.get("ci") or {}).get(task) or {}).get(metric)
+    return bool(ci) and ci[0] is not None and ci[0] <= reference + 1e-9
+
+
+def _pairwise_table(results: Mapping[str, Any]) -> list[str]:
+    """Every two finished rows compared on every average (difference a - b, Holm over the pairs per average)."""
+    pairs = results.get("pairwise") or []
+    if not pairs:
+        return []
+    benches = [b for b in average_names(results["tasks"], results["benchmarks"])
+               if any(b in p.get("averages", {}) for p in pairs)]
+    label = {r["key"]: r["label"] for r in results["rows"]}
+    lines = ["Pairwise tests between rows (difference row a - row b of each average, Holm-adjusted p over the pairs "
+             "within each average; * = separable at p < 0.05):", "",
+             "| row a | row b | " + " | ".join(f"{_bench_name(b)} avg" for b in benches) + " |",
+             "|---|---|" + "---:|" * len(benches)]
+    for p in pairs:
+        cells = [label.get(p["a"], p["a"]), label.get(p["b"], p["b"])]
+        cells += [_test_cell(p.get("averages", {}).get(b), "separable") for b in benches]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -562,11 +576,11 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
         err = [[max(0.0, v - ci[0]) if v is not None and ci and ci[0] is not None else 0.0 for v, ci in zip(vals, cis)],
                [max(0.0, ci[1] - v) if v is not None and ci and ci[1] is not None else 0.0 for v, ci in zip(vals, cis)]]
         bars = ax.bar(offs, [v if v is not None else 0.0 for v in vals], width, yerr=err, capsize=3,
-                      label=f"ours: {BENCHMARK_NAMES[b]} avg{kind_label}" + (" (95% CI)" if any(cis) else ""))
+                      label=f"ours: {_bench_name(b)} avg{kind_label}" + (" (95% CI)" if any(cis) else ""))
         maj = ((results.get("majority") or {}).get(field) or {}).get(b)
         if maj is not None:
             ax.axhline(maj, color=bars.patches[0].get_facecolor(), linestyle=":", linewidth=1.2,
-                       label=f"majority class: {BENCHMARK_NAMES[b]}")
+                       label=f"majority class: {_bench_name(b)}")
         pv = [r["paper"].get(b) for r in rows]
         pts = [(o, v) for o, v in zip(offs, pv) if v is not None]
         if pts:
@@ -598,4 +612,4 @@ def write_results(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
 
 
 __all__ = ["build_results", "compare_ordering", "render_markdown", "write_csv", "plot_results", "write_results",
-           "task_score", "TABLE_11", "TABLE_12"]
+           "TABLE_11", "TABLE_12"]
