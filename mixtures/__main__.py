@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         return _show(args.name, args.overrides, args.json, args.n, args.split, args.seed, args.steps, args.batch_size,
                      {"inputs": args.inputs_length, "targets": args.targets_length})
-    except MixtureError as e:
+    except (MixtureError, TaskError) as e:  # data errors (a bad row, an empty file) too: the message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
