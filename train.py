@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lightning_t5.errors import ConfigError
-from lightning_t5.train.schema import check_overrides, register_schema
+from lightning_t5.train.schema import add_mapping_keys, check_overrides, register_schema
 from tasks import TaskError, pop_imports
 
 register_schema()
@@ -29,11 +29,12 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 def normalise_argv(argv: list[str]) -> list[str]:
     """`--imports M` / `imports=[...]` anywhere -> one Hydra `imports=[...]` override; misspelt keys and invalid
-    choices stop here, before Hydra composes anything (its own message has no suggestion and no valid keys)."""
+    choices stop here, before Hydra composes anything (its own message has no suggestion and no valid keys);
+    `mixing.weights.<task>=W` becomes the `++` override Hydra needs for a new key."""
     modules, rest = pop_imports(argv)
     groups = [p.name for p in CONFIG_DIR.iterdir() if p.is_dir()]
     check_overrides(rest, groups=groups)
-    return rest + ([f"imports=[{','.join(modules)}]"] if modules else [])
+    return add_mapping_keys(rest) + ([f"imports=[{','.join(modules)}]"] if modules else [])
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")

@@ -21,17 +21,18 @@ from .rates import MixingConfig
 
 
 def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("null", "none", "~"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    """One override value in Hydra's grammar, exactly as ``train.py`` reads it: ``null``, ``true``, ``2``, ``1e6``,
+    ``temperature``, ``{glue_rte:2,my_task:1}`` (a whole mapping, e.g. ``mixing.weights``), ``[a,b]``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(f"value={text}")
+    except HydraException as err:
+        raise MixtureError(f"cannot read the value {text!r}: {str(err).splitlines()[0]}") from None
+    if override.is_sweep_override():
+        raise MixtureError(f"{text!r} is a sweep (several values); `mixtures show` takes one value per key.")
+    return override.value()
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         return _show(args.name, args.overrides, args.json, args.n, args.split, args.seed, args.steps, args.batch_size,
                      {"inputs": args.inputs_length, "targets": args.targets_length})
-    except MixtureError as e:
+    except (MixtureError, TaskError) as e:  # data errors (a bad row, an empty file) too: the message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -216,7 +216,16 @@ class FileSource(DataSource):
             # Find the offending line ourselves: datasets' message rarely names it.
             for path in paths:
                 _diagnose_text_file(path, json_lines=builder == "json")
-            raise TaskError(f"Could not read data files {[str(p) for p in paths]} (split '{split}'): {err}") from err
+            empty = [str(p) for p in paths
+                     if not (p.stat().st_size if builder == "parquet" else p.read_bytes().strip())]
+            if empty:
+                raise TaskError(
+                    f"Data file(s) for split '{split}' are empty: {', '.join(empty)}. Put the rows in the file, or "
+                    "drop the split from the task's FileSource."
+                ) from err
+            raise TaskError(
+                f"Could not read data files {[str(p) for p in paths]} (split '{split}'): {_reason(err)}"
+            ) from err
 
     def _raw_fingerprint(self, split: str) -> str:
         paths = self._check_files(split)
@@ -252,6 +261,19 @@ def _check_utf8(path: Path) -> None:
         raise TaskError(
             f"{path}, line {lineno}: not valid UTF-8 ({err.reason} at byte {err.start}). Re-encode the file as UTF-8."
         ) from None
+
+
+def _reason(err: BaseException) -> str:
+    """An exception and its causes as one line (``datasets`` often raises with an empty message or a generic one
+    whose cause holds the reason)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen and len(parts) < 4:
+        seen.add(id(err))
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        parts.append(f"{type(err).__name__}: {text}" if text else type(err).__name__)
+        err = err.__cause__ or err.__context__
+    return " <- ".join(parts)
 
 
 def _diagnose_text_file(path: Path, json_lines: bool) -> None:

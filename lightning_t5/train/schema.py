@@ -33,6 +33,7 @@ from mixtures.sampler import GRANULARITIES
 __all__ = [
     "RunConfig",
     "CHOICES",
+    "add_mapping_keys",
     "check_overrides",
     "register_schema",
     "to_run_config",
@@ -65,6 +66,11 @@ def _annotation_to_type(annotation: Any) -> Any:
     if name in _PRIMITIVES:
         base = _PRIMITIVES[name]
     elif name.startswith(("dict", "Dict", "Mapping")):
+        if optional:  # e.g. mixing.weights
+            # Any, not Optional[Dict]: OmegaConf 2.3 cannot merge a command-line override into a None-valued typed
+            # Dict node (`mixing.weights={a:2,b:1}` and `mixing.weights.a=2` both fail inside OmegaConf.update); the
+            # consuming dataclass checks that the value is a mapping.
+            return Any
         base = Dict[str, Any]
     elif name.startswith(("list", "List", "Sequence", "tuple", "Tuple")):
         base = List[Any]
@@ -332,6 +338,23 @@ def check_overrides(overrides: Sequence[str], groups: Sequence[str] = ()) -> Non
             message = choice_message(key, value)
         if message is not None:
             raise ConfigError(message)
+
+
+#: Mappings keyed by the user's own names (`mixing.weights.<task>`). A name is a key the composed config does not
+#: have yet, which Hydra accepts only as `++key=value`; `add_mapping_keys` adds the prefix so that the plain spelling
+#: works as well as the whole mapping (`mixing.weights={glue_rte:2,my_task:1}`, needed for task names with dots).
+NAME_KEYED_MAPPINGS = ("mixing.weights",)
+
+
+def add_mapping_keys(overrides: Sequence[str]) -> list[str]:
+    """`mixing.weights.glue_rte=2` -> `++mixing.weights.glue_rte=2` (see NAME_KEYED_MAPPINGS); others unchanged."""
+    out = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" in override and any(key.startswith(m + ".") for m in NAME_KEYED_MAPPINGS):
+            override = "++" + override
+        out.append(override)
+    return out
 
 
 def validate_config(cfg: DictConfig) -> DictConfig:
