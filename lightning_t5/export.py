@@ -84,7 +84,8 @@ def _config_vocabulary(config: Path, trained_with: str | None, hint: str) -> Sen
         found = {task.vocabulary.fingerprint: task.vocabulary for task in mixture.tasks}
     except (TaskError, MixtureError) as err:
         raise CheckpointError(f"cannot rebuild the vocabulary of {config} (mixture {cfg.get('mixture')!r}): {err} "
-                              f"Run from the run's folder (for its imports) or {hint}.") from err
+                              "Run the export from the folder the run was started in (its imports are found from "
+                              f"there), or {hint}.") from err
     return found.get(trained_with) or next(iter(found.values()))
 
 
