@@ -108,7 +108,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     result = _result(cfg, trainer, train_log, before, after, start, truncation)
     export_state = full_state_dict(module.model) if cfg.export_hf else None  # collective under FSDP: every rank
     if trainer.is_global_zero:
-        _write_outputs(cfg, module, result, before, after, setup.model_config, export_state)
+        _write_outputs(cfg, module, result, before, after, setup.model_config, export_state, setup.vocabulary)
     return result
 
 
@@ -264,9 +264,10 @@ def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str
 
 def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before: dict[str, Any] | None,
                    after: dict[str, Any] | None, model_config: Mapping[str, Any],
-                   export_state: dict[str, Any] | None) -> None:
+                   export_state: dict[str, Any] | None, vocabulary: Any) -> None:
     """predictions/<task>.jsonl, metrics.json, results.md, the results on the console and the optional Hugging Face
-    export (`export_state`: the full weights gathered by every rank, rebuilt on the CPU-safe backend)."""
+    export (`export_state`: the full weights gathered by every rank, rebuilt on the CPU-safe backend; `vocabulary`:
+    the run's, written as the export's tokenizer)."""
     run_dir = Path(cfg.run_dir)
     write_predictions(run_dir, after)
     write_json(run_dir / "metrics.json", result)
@@ -275,5 +276,6 @@ def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before:
     print("\n" + text + "\n")
     print(f"run directory: {run_dir}")
     if cfg.export_hf:
+        vocabulary.save_hf_tokenizer(cfg.export_hf)
         T5.from_state_dict(model_config, export_state).save_hf(cfg.export_hf)
-        print(f"exported Hugging Face model to {cfg.export_hf}")
+        print(f"exported Hugging Face model and tokenizer to {cfg.export_hf}")
