@@ -95,6 +95,21 @@ def test_a_run_on_a_catalog_mixture_without_its_data_stops_before_the_model(fres
     assert RunSetup(prepare_config(compose_config(tmp_path, "mixture=glue_local"))).task_names == catalog.GLUE_LOCAL
 
 
+@pytest.mark.parametrize("name", ["strategies_small", "mixing_sweep_small", "strategies_tiny", "mixing_sweep_tiny"])
+def test_cpu_presets_name_only_tasks_with_shipped_data(name, monkeypatch):
+    """The CPU presets run offline: their tasks are named explicitly and every one reads data/ (glue_local's tasks)."""
+    from test_experiment_presets_small import compose
+
+    from lightning_t5.experiments.plan import make_plan
+    from tasks import TaskRegistry
+
+    monkeypatch.delenv("LIGHTNING_T5_SOURCE", raising=False)
+    plan = make_plan(compose(name))
+    assert not [t for t in [*plan.tasks, plan.corpus_task] if TaskRegistry.get(t).source.reads_hub]
+    if name.endswith("_small"):
+        assert list(plan.tasks) == catalog.GLUE_LOCAL
+
+
 def test_glue_rates_use_official_sizes_unless_actual(fresh_catalog):
     with catalog.describing():
         glue = MixtureRegistry.get("glue")
