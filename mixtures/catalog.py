@@ -106,7 +106,8 @@ class CatalogMixture(Mixture):
         unrated = [n for n in missing if cfg.size_source == "actual" or n not in self._all_sizes()]
         if unrated:
             raise MixtureError(missing_data_message(self, {n: missing[n] for n in unrated},
-                                                    "they have no official size to rate them by"))
+                                                    "rating them needs their rows (no official size, or "
+                                                    "mixing.size_source=actual)"))
         return super().sizes_for_rating(split, mixing, sequence_length)
 
 
@@ -119,10 +120,11 @@ def missing_data_message(mixture: Mixture, missing: dict[str, str], why: str = "
                   else "a mixture of the shipped tasks (`glue_local`, `super_glue_local`, `default`, "
                        "`default_with_corpus`; `python -m mixtures list`)")
     return (f"mixture {mixture.name!r} has {total} tasks and {len(missing)} of them have no data on this machine: "
-            f"{', '.join(f'{n} ({src})' for n, src in missing.items())}{'; ' + why if why else ''}. A catalog "
-            f"mixture always means all its tasks. Either read the catalog tasks from the Hugging Face Hub (needs "
-            f"network access): `{SOURCE_ENV}=hub python train.py mixture={mixture.name} ...`, or train on the data "
-            f"shipped in data/: {subset}.")
+            f"{', '.join(f'{n} ({src})' for n, src in missing.items())}{'; ' + why if why else ''}. "
+            f"{'A catalog mixture always means all its tasks. ' if isinstance(mixture, CatalogMixture) else ''}"
+            f"Either read the catalog tasks from the Hugging Face Hub (needs network access): "
+            f"`{SOURCE_ENV}=hub python train.py mixture={mixture.name} ...`, or train on the data shipped in data/: "
+            f"{subset}.")
 
 
 def _lazy(names: Callable[[], list[str]], rate: Callable[[str], object] = lambda n: None):

@@ -161,11 +161,11 @@ class TokenCache:
             self.close()
             raise
 
-    def close(self) -> None:
+    def close(self, _close: Callable[[int], None] = os.close) -> None:  # bound early: also runs at interpreter exit
         """Release this process's hold on the version (its memory maps stay valid until they are dropped)."""
         fd, self._hold = getattr(self, "_hold", -1), -1
         if fd >= 0:
-            os.close(fd)
+            _close(fd)
 
     def __del__(self) -> None:
         self.close()
@@ -844,9 +844,9 @@ def prune_caches(entries: Iterable[CacheEntry]) -> list[tuple[CacheEntry, bool]]
                 removed = got
         done.append((e, removed))
         roots.add(root)
-    for root in roots:
+    for root in roots:  # cache folders left with nothing to read: gone, with their builders' lock file
         with _try_locked(root) as got:
-            if got and root.is_dir() and not any(p.name != CURRENT for p in root.iterdir()):
+            if got and not (root.is_dir() and any(p.name != CURRENT for p in root.iterdir())):
                 shutil.rmtree(root, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     root.with_name(root.name + ".lock").unlink()

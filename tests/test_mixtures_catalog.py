@@ -115,7 +115,7 @@ def test_glue_rates_use_official_sizes_unless_actual(fresh_catalog):
         glue = MixtureRegistry.get("glue")
         assert glue.task_names == list(catalog.GLUE_SIZES)
         r = glue.rates()
-        with pytest.raises(MixtureError, match="no official size to rate them by"):
+        with pytest.raises(MixtureError, match="rating them needs their rows"):
             glue.rates(mixing={"size_source": "actual"})
     total = sum(catalog.GLUE_SIZES.values())
     assert r == pytest.approx({n: s / total for n, s in catalog.GLUE_SIZES.items()}, abs=1e-12)
