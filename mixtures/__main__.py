@@ -93,10 +93,13 @@ def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, se
 
     mix = MixtureRegistry.get(name)
     mixing = MixingConfig.from_dict(parse_overrides(overrides))
+    missing = catalog.missing_data(mix)  # no data here: rated by official sizes, nothing to count, draw or plan
+    if missing:
+        n = steps = 0
     shares = mix.rates(split, mixing)
     raw = mix.raw_rates(split, mixing)
     rated = mix.sizes_for_rating(split, mixing)
-    sizes = {t.name: t.num_examples(split) for t in mix.tasks}
+    sizes = {t.name: None if t.name in missing else t.num_examples(split) for t in mix.tasks}
     passes = _passes(mix, split, mixing, steps, batch_size, sequence_length or {"inputs": 512, "targets": 114}) \
         if steps > 0 else {}
     drawn: dict[str, float] = {}
@@ -116,15 +119,17 @@ def _show(name: str, overrides: list[str], as_json: bool, n: int, split: str, se
     head = f"{'task':30s} {'size':>9s} {'rated by':>10s} {'rate':>12s} {'share':>8s}"
     print(head + (f" {'drawn':>8s}" if drawn else "") + (f" {'passes':>9s}" if passes else ""))
     for t in shares:
-        line = f"{t:30s} {sizes[t]:9d} {rated[t]:10.0f} {raw[t]:12.4g} {shares[t]:8.4f}"
+        size = f"{sizes[t]:9d}" if sizes[t] is not None else f"{'-':>9s}"
+        line = f"{t:30s} {size} {rated[t]:10.0f} {raw[t]:12.4g} {shares[t]:8.4f}"
         print(line + (f" {drawn[t]:8.4f}" if drawn else "") + (f" {passes[t]:9.3g}" if passes else ""))
     if passes:
         print(f"(passes: over each task's data in {steps} steps of {batch_size} packed sequences; "
               "mixing.max_passes stops a run above it)")
     if drawn:
         print(f"(drawn: the sampler's task shares over the first {n} examples, seed {seed})")
-    for task, why in catalog.skipped(name).items():
-        print(f"left out: {task} ({why})")
+    if missing:
+        print(f"size '-': no data on this machine; rated by the official size. Training: "
+              f"{catalog.missing_data_message(mix, missing)}")
     return 0
 
 
@@ -167,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "list":
             return _list()
-        return _show(args.name, args.overrides, args.json, args.n, args.split, args.seed, args.steps, args.batch_size,
-                     {"inputs": args.inputs_length, "targets": args.targets_length})
+        from . import catalog
+
+        with catalog.describing():  # a catalog mixture is shown even where some of its tasks have no data
+            return _show(args.name, args.overrides, args.json, args.n, args.split, args.seed, args.steps,
+                         args.batch_size, {"inputs": args.inputs_length, "targets": args.targets_length})
     except (MixtureError, TaskError) as e:  # data errors (a bad row, an empty file) too: the message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -423,12 +423,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             corpus = [t for t in corpus if not getattr(t, "supervised", True) and hasattr(t, "token_cache")]
             how = ""
             if corpus:
-                from tasks.cache import cache_command
+                from tasks.cache import corpus_hint
 
-                cmd = cache_command(corpus[0], self.split, self.sequence_length)
-                how = (f" For a corpus task, cache a bigger corpus, e.g. C4 from the hub: `LIGHTNING_T5_SOURCE=hub "
-                       f"{cmd}{'' if '--max-tokens' in cmd else ' --max-tokens 20000000000'} --num-proc 8` and train "
-                       "with LIGHTNING_T5_SOURCE=hub (README \"Pre-training on C4\").")
+                factor = over[corpus[0].name]["passes"] / max_passes  # how much more text the task needs
+                how = " " + corpus_hint(corpus[0], self.split, self.sequence_length, factor)
             raise MixtureError(f"the run would repeat data more than mixing.max_passes={max_passes} times: {lines}. "
                                "Fix: fewer steps (trainer.max_steps), more data, a lower rate for that task, or raise "
                                f"mixing.max_passes (null disables the check).{how}")

@@ -60,6 +60,12 @@ class DataSource(abc.ABC):
         """Row count without tokenizing (cheap); None when unknown without loading."""
         return None
 
+    @property
+    def reads_hub(self) -> bool:
+        """Whether loading goes to the Hugging Face Hub (network access, or datasets' copy of an earlier download)
+        rather than to files or memory on this machine."""
+        return False
+
     def fingerprint(self, split: str) -> str:
         norm = callable_fingerprint(self.normalize) if self.normalize else ""
         return stable_hash(type(self).__name__, self._raw_fingerprint(split), norm)
@@ -139,6 +145,10 @@ class HubSource(DataSource):
 
     def _raw_fingerprint(self, split: str) -> str:
         return stable_hash(self.path, self.name, self.revision, self.split_map.get(split, split))
+
+    @property
+    def reads_hub(self) -> bool:
+        return True
 
     def describe(self) -> str:
         return f"hub:{self.path}" + (f"/{self.name}" if self.name else "")
@@ -361,6 +371,10 @@ class LocalOrHubSource(DataSource):
     @property
     def streaming(self) -> bool:  # type: ignore[override]
         return self.active.streaming
+
+    @property
+    def reads_hub(self) -> bool:
+        return self.active.reads_hub
 
     def load(self, split: str):
         self.check_split(split)

@@ -167,7 +167,9 @@ class Task:
         vocabulary: defaults to :func:`tasks.get_default_vocabulary`.
         label_choices: target strings of a classification task (for rank classification).
         benchmark: ``"glue"``, ``"super_glue"`` or None, for benchmark averages.
-        supervised: defaults to ``not token_preprocessors``.
+        supervised: defaults to ``not token_preprocessors``. ``supervised=True`` with token preprocessors is refused:
+            a supervised task is trained on its cached rows as they are and scored against its text targets, so
+            an objective on it would either never run or train on examples evaluation never sees.
     """
 
     #: (split, source, label_choices) already compared by :meth:`check_label_choices`; keyed by the source object, so
@@ -202,6 +204,15 @@ class Task:
                     f"Task '{name}': token preprocessor {tp!r} does not follow the TokenPreprocessor protocol "
                     "(name, cacheable, fingerprint(), __call__)."
                 )
+        if supervised and token_preprocessors:
+            raise TaskError(
+                f"Task '{name}': supervised=True with token preprocessors "
+                f"({', '.join(getattr(tp, 'name', repr(tp)) for tp in token_preprocessors)}). A supervised task is "
+                "trained on its rows as they are (inputs, targets + EOS) and scored against its text targets, so "
+                "the token preprocessors would never run. Leave supervised unset for an objective task (trained "
+                "with its objective, rated by mixing.unsupervised_rate, not evaluated), or do the transformation "
+                "in a text preprocessor."
+            )
         if benchmark not in (None, "glue", "super_glue"):
             raise TaskError(f"Task '{name}': benchmark must be 'glue', 'super_glue' or None, got {benchmark!r}.")
         self.name = name
