@@ -95,6 +95,28 @@ def test_incomplete_checkpoint_directories_are_never_picked(tmp_path: Path) -> N
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt", "step000003.ckpt", "step000006.ckpt"]
 
 
+@pytest.mark.parametrize("meta_init", [None, False, True])
+def test_build_model_draws_what_a_one_process_build_draws(meta_init) -> None:
+    """Whatever `trainer.fsdp.meta_init` decides, the model's init seed and the RNG state after the build are those
+    of a plain `T5(config)` (the size probe of meta_init=null draws from a fork)."""
+    from lightning_t5 import T5, T5Config
+    from lightning_t5.dist.sharding import build_model
+
+    model_config = {"vocab_size": 300, "d_model": 32, "d_ff": 64, "num_heads": 2, "d_kv": 16, "num_layers": 1,
+                    "num_decoder_layers": 1}
+    torch.manual_seed(3)
+    plain = T5(T5Config.from_dict(model_config))
+    after_plain = torch.rand(3)
+    torch.manual_seed(3)
+    built = build_model(model_config, {"param_dtype": "float32", "meta_init": meta_init})
+    assert torch.equal(torch.rand(3), after_plain)
+    assert built.init_seed == plain.init_seed
+    assert next(built.parameters()).is_meta == bool(meta_init)
+    if not meta_init:
+        for name, value in plain.state_dict().items():
+            assert torch.equal(built.state_dict()[name], value), name
+
+
 def test_meta_initialised_shards_start_from_the_one_process_weights(tmp_path: Path) -> None:
     """Meta-initialisation forced on for a small model (untied head, gated FFN, 2 blocks per stack, a vocabulary that
     2 ranks shard unevenly): the weights gathered from 2 gloo processes equal, bit for bit, those of the model a

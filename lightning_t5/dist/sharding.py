@@ -108,10 +108,13 @@ def build_model(model_config: Mapping[str, Any], options: Mapping[str, Any] | No
     config = T5Config.from_dict(dict(model_config))
     if not options or options.get("meta_init") is False:
         return T5(config)
+    if options.get("meta_init") is None:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # a size probe: the model draws its init seed
+            small = T5(config).num_parameters() < META_INIT_MIN_PARAMS  # from the RNG, which the real build must see
+        if small:
+            return T5(config)
     with torch.device("meta"):
         model = T5(config)
-    if options.get("meta_init") is None and model.num_parameters() < META_INIT_MIN_PARAMS:
-        return T5(config)
     model._lightning_t5_meta_init = True  # initialised by shard_model after sharding
     log.info("FSDP: %s parameters built on the meta device; initialised on the shards after sharding",
              f"{model.num_parameters():,}")
