@@ -235,6 +235,27 @@ def test_job_ids_are_recorded_and_a_rerun_attaches_to_the_running_jobs(tmp_path:
     assert scheduler.attach("100") is None
 
 
+def _sleep_then(seconds: float, value: str) -> str:
+    time.sleep(seconds)
+    return value
+
+
+@pytest.mark.slow  # a real submitit_local job (~10 s of Python start-up on 2 busy cores)
+def test_a_new_orchestrator_attaches_to_a_running_submitit_local_job(tmp_path: Path) -> None:
+    from lightning_t5.experiments.executors import SubmititJobs
+
+    job = SubmititJobs("submitit_local", tmp_path / "jobs", {"timeout_min": 5}).submit(_sleep_then, 8.0, "trained")
+    rerun = SubmititJobs("submitit_local", tmp_path / "jobs", {})  # as a new orchestrator process would
+    attached = rerun.attach(str(job.job_id))
+    assert attached is not None and not attached.done()
+    deadline = time.time() + 240
+    while not attached.done() and time.time() < deadline:
+        time.sleep(0.5)
+    assert attached.result() == "trained"
+    assert rerun.attach(str(job.job_id)) is None  # ended: nothing to attach to
+    assert rerun.attach("999999999") is None
+
+
 def _live_foreign_process() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 

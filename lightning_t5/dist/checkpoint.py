@@ -278,29 +278,30 @@ def find_last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """
     ckpt_dir = Path(run_dir) / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    def loads(path: Path) -> int | None:
+        try:
+            return validate_checkpoint(path)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as err:
+            log.warning("skipping checkpoint %s: %s", path, err)
+            return None
+
     candidates: list[tuple[int, int, Path]] = []
+    validated: set[Path] = set()
     for path in [last, *ckpt_dir.glob("step*.ckpt")]:
         if not is_checkpoint(path):
             continue
         step = recorded_step(path)
-        if path == last and path.is_file():
-            try:
-                step = validate_checkpoint(path)
-            except UnsafeCheckpointError:
-                raise
-            except CheckpointError as err:
-                log.warning("skipping checkpoint %s: %s", path, err)
+        if step < 0:  # `last.ckpt` as a file: its step is inside
+            step = loads(path)
+            if step is None:
                 continue
+            validated.add(path)
         candidates.append((step, int(path == last), path))
-    for step, _, path in sorted(candidates, reverse=True):
-        try:
-            validate_checkpoint(path)
-        except UnsafeCheckpointError:
-            raise
-        except CheckpointError as err:
-            log.warning("skipping checkpoint %s (step %d): %s", path, step, err)
-            continue
-        return path
+    for _, _, path in sorted(candidates, reverse=True):
+        if path in validated or loads(path) is not None:
+            return path
     return None
 
 
