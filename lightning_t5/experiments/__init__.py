@@ -6,7 +6,8 @@ multi-task pre-training, leave-one-out, supervised-only pre-training, MT-DNN sty
 dispatch to `run_experiment(cfg)`. See docs/experiments.md for a walk-through.
 
 * `plan` — pure stage planning (`plan_experiment(cfg) -> list[Stage]`, `make_plan(cfg) -> ExperimentPlan`).
-* `runner` — runs the stages through `lightning_t5.train.fit.fit`, reusing finished ones, resuming interrupted ones.
+* `runner` — runs the stages through `lightning_t5.train.fit.fit`, reusing finished ones, resuming interrupted ones;
+  `executors` (in this process or as submitit jobs) and `orchestration` (stage locks, job ids for reruns).
 * `results` — the results table (Markdown, CSV, JSON) and plot, with the paper's numbers (`paper`) beside ours.
 """
 

@@ -11,7 +11,8 @@ Reuse rules (so an experiment can be interrupted, extended or re-run at no extra
   stops with an error instead of mixing stale and new checkpoints.
 
 The experiment folder is `<output_dir>/<experiment_options.run_name or experiment name>/` with `stages/<stage>/`
-(one `fit` run each), `plan.json`, and `results.{md,csv,json,png}`.
+(one `fit` run each), `plan.json`, `results.{md,csv,json,png}` and `orchestrator/` (the stage locks of the running
+orchestrator and the job ids of submitted stages: `lightning_t5.experiments.orchestration`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -31,6 +33,7 @@ from lightning_t5.errors import ConfigError
 from lightning_t5.eval.evaluation import write_json
 
 from .executors import StageWork, check_executor_options, check_max_parallel, run_stages
+from .orchestration import ORCHESTRATOR_DIR, JobRecords, stage_locks
 from lightning_t5.train.experiment_options import ExperimentOptions
 from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
 from .results import build_results, write_results
@@ -313,9 +316,15 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
         return StageWork(cfg=stage_config(cfg, stage, run_dir, init_from), finish=finish)
 
     executor, cluster = check_executor_options(experiment_block(cfg))
-    results, stage_times = run_stages(plan.stages, prepare, fit_fn, executor=executor, cluster=cluster,
-                                      folder=out / "submitit", setup=(lambda: register_mixtures(plan)) if register
-                                      else None, max_parallel=check_max_parallel(experiment_block(cfg)))
+    # this invocation's stages are its own while it runs (a second live orchestrator on them stops), and submitted
+    # jobs are recorded for a rerun to attach to (lightning_t5.experiments.orchestration)
+    owned = stage_locks(out / ORCHESTRATOR_DIR, [s.name for s in plan.stages]) if rank_zero else nullcontext()
+    with owned:
+        results, stage_times = run_stages(
+            plan.stages, prepare, fit_fn, executor=executor, cluster=cluster, folder=out / "submitit",
+            setup=(lambda: register_mixtures(plan)) if register else None,
+            max_parallel=check_max_parallel(experiment_block(cfg)),
+            records=JobRecords(out / ORCHESTRATOR_DIR) if rank_zero else None)
 
     # Rows not selected in this invocation (experiment_options.rows) still appear with whatever earlier runs of
     # the same experiment folder finished, so the last job of a split sweep writes the whole table.

@@ -13,6 +13,7 @@ Resume pitfalls this module is shaped around (REFERENCE.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_t5.eval.evaluation import TaskEvaluator, collate_eval
+from lightning_t5.train.cache_wait import BuildStatus, wait_for_caches
 
 __all__ = ["MixtureDataModule", "SizedStream"]
 
@@ -144,8 +146,9 @@ class MixtureDataModule(pl.LightningDataModule):
         A streaming task (C4 from the hub, streamed files) must have been cached offline: without its cache this
         raises with the exact ``python -m tasks cache ...`` command. Local random-access tasks are cached on first
         use by local rank 0 only; the other ranks wait for the caches' COMPLETE markers (a file barrier: this runs
-        before the process group exists). Then ``mixing.max_passes`` is checked and the planned passes over each
-        task's data are printed (rank 0). Returns the planned passes per task.
+        before the process group exists), and stop within minutes, with the reason, if rank 0 fails or dies while
+        building (`lightning_t5.train.cache_wait`). Then ``mixing.max_passes`` is checked and the planned passes
+        over each task's data are printed (rank 0). Returns the planned passes per task.
         """
         from mixtures import MixtureError
         from tasks.cache import cache_command, open_cache
@@ -159,20 +162,17 @@ class MixtureDataModule(pl.LightningDataModule):
             raise MixtureError(f"mixture {self.mixture.name!r}: task(s) {[t.name for t in missing]} stream their data "
                                f"and have no token cache yet; build it first (then rerun):\n{cmds}")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        status = BuildStatus([(t.name, split, seq) for t in tasks])  # rank 0's heartbeat / failure (cache_wait)
         if local_rank == 0:
-            for t in tasks:
-                if open_cache(t, split, seq) is None:
+            building = [t for t in tasks if open_cache(t, split, seq) is None]
+            with status.building() if building else contextlib.nullcontext():
+                for t in building:
                     start = time.time()
                     cache = t.token_cache(split, seq)
                     print(f"[local rank 0] built token cache {t.name}/{split}: {len(cache):,} rows in "
                           f"{time.time() - start:.1f} s ({cache.path})", file=sys.stderr, flush=True)
         else:
-            deadline = time.time() + float(os.environ.get("LIGHTNING_T5_CACHE_WAIT_S", "86400"))
-            while any(open_cache(t, split, seq) is None for t in tasks):
-                if time.time() > deadline:
-                    raise MixtureError(f"local rank {local_rank}: timed out waiting for local rank 0 to build the "
-                                       "token caches (LIGHTNING_T5_CACHE_WAIT_S).")
-                time.sleep(0.5)
+            wait_for_caches(lambda: all(open_cache(t, split, seq) is not None for t in tasks), status, local_rank)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         probe = self.make_train_dataset(0, world)
         max_passes = self.mixing_cfg.get("max_passes", 100.0)

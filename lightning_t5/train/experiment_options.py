@@ -43,4 +43,4 @@ class ExperimentOptions:
     overrides: Dict[str, Any] = field(default_factory=dict)  # run-config overrides applied under every stage
     executor: str = "local"  # where stages run: local | submitit (SLURM) | submitit_local
     cluster: Dict[str, Any] = field(default_factory=dict)  # submitit resources: partition, gpus_per_node, nodes, ...
-    max_parallel_stages: Optional[int] = None  # submitit executors: cap on stages running at once (null: no cap)
+    max_parallel_stages: Optional[int] = None  # submitit executors: cap on stages at once (null: what the machine runs)
