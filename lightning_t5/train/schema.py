@@ -179,6 +179,16 @@ class TrainerConfig:
 
 
 @dataclass
+class DoReMiConfig:
+    """`doremi`: with a `reference` checkpoint the run trains a DoReMi proxy (lightning_t5/train/doremi.py: Group DRO
+    against the reference, per-task excess loss, the averaged weights written as the run's weights.json)."""
+
+    reference: Optional[str] = None  # checkpoint (file, directory or run folder) of the reference model; null: off
+    eta: float = 1.0  # step size of the weight update (the code's default; 0.1 against near one-hot weights)
+    eps: float = 1e-4  # smoothing towards uniform: alpha = (1 - eps) alpha + eps / K
+
+
+@dataclass
 class RunConfig:
     """Top level of the composed config (docs/CONTRACTS.md "Run configuration")."""
 
@@ -202,6 +212,7 @@ class RunConfig:
     # configs/objective/*.yaml: the pretraining objective of the mixture's corpus tasks, e.g.
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
+    doremi: DoReMiConfig = field(default_factory=DoReMiConfig)
 
 
 _SCHEMA: type | None = None
@@ -354,6 +365,10 @@ def validate_config(cfg: DictConfig) -> DictConfig:
                           "each task's target lengths).")
     if cfg.eval.max_examples is not None and cfg.eval.max_examples <= 0:
         raise ConfigError(f"eval.max_examples={cfg.eval.max_examples!r} must be positive or null (whole split).")
+    if cfg.doremi.eta <= 0:
+        raise ConfigError(f"doremi.eta={cfg.doremi.eta!r} must be positive (the step size of the weight update).")
+    if not 0 <= cfg.doremi.eps < 1:
+        raise ConfigError(f"doremi.eps={cfg.doremi.eps!r} must be in [0, 1) (the share of uniform weights).")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers!r} must be >= 0.")
     return cfg
