@@ -12,6 +12,7 @@ dispatch to `run_experiment(cfg)`. See docs/experiments.md for a walk-through.
 
 from __future__ import annotations
 
+from . import doremi as _doremi  # noqa: F401 - registers experiment kind doremi
 from .paper import PAPER_CITATION, TABLE_11, TABLE_12
 from .plan import (
     STRATEGIES,

@@ -66,6 +66,35 @@ Planner = Callable[[Mapping[str, Any], "_Builder", Mapping[str, Any]], list["Row
 _PLANNERS: dict[str, Planner] = {}
 
 
+@dataclass(frozen=True)
+class ComputeContext:
+    """What a compute stage's function gets (`Stage.compute`, run by the runner in its own process when every stage
+    in `stage.after` has finished): the plan, the experiment's config, every finished stage's result, and the
+    stage's own folder, where it writes its outputs (e.g. `weights.json`)."""
+
+    stage: Stage
+    plan: ExperimentPlan
+    cfg: Any
+    results: Mapping[str, Mapping[str, Any]]
+    experiment_dir: Any  # pathlib.Path
+    run_dir: Any  # pathlib.Path
+
+
+ComputeFn = Callable[[ComputeContext], Mapping[str, Any]]
+_COMPUTE: dict[str, ComputeFn] = {}
+
+
+def register_compute(name: str, fn: ComputeFn) -> None:
+    """Name a function that a stage with `compute=name` runs (lightning_t5.experiments.search registers its own)."""
+    _COMPUTE[name] = fn
+
+
+def compute_function(name: str) -> ComputeFn:
+    if name not in _COMPUTE:
+        raise ExperimentConfigError(f"no compute function {name!r} is registered; known: {sorted(_COMPUTE)}")
+    return _COMPUTE[name]
+
+
 def register_kind(kind: str, planner: Planner) -> None:
     """Add an experiment kind: `planner(block, builder, mixing) -> rows`, adding its stages to `builder` (as
     `_plan_strategies` does). lightning_t5.experiments.doremi and .search register theirs when the package loads."""

@@ -187,8 +187,8 @@ class DoReMiLightningModule(T5LightningModule):
 
     def on_train_end(self) -> None:
         out = self.doremi.get("weights_dir")
-        if not out or self._trainer is None or not self.trainer.is_global_zero:
-            return
+        if not out or self._trainer is None:
+            return  # every rank writes (the same alpha; atomic renames), so none reads it before it exists
         write_weights(Path(out), self.averaged_weights(), name="doremi",
                       source=f"DoReMi time-averaged domain weights over {self.dro.updates} updates (eta "
                              f"{self.dro.eta}, eps {self.dro.eps}, reference {self.doremi['reference']})",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +42,7 @@ def normalised(weights: Mapping[str, float]) -> dict[str, float]:
 
 def _durable_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # ranks may write the same file
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
