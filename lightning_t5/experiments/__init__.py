@@ -13,6 +13,7 @@ dispatch to `run_experiment(cfg)`. See docs/experiments.md for a walk-through.
 from __future__ import annotations
 
 from . import doremi as _doremi  # noqa: F401 - registers experiment kind doremi
+from . import search as _search  # noqa: F401 - registers experiment kind mixing_search and its compute stages
 from .paper import PAPER_CITATION, TABLE_11, TABLE_12
 from .plan import (
     STRATEGIES,

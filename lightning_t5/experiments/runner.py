@@ -151,7 +151,7 @@ def _context(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def _benchmarks(tasks: list[str]) -> dict[str, str | None]:
+def task_benchmarks(tasks: list[str]) -> dict[str, str | None]:
     """task -> benchmark ("glue", "super_glue" or None), from the task registry when it knows the task."""
     out: dict[str, str | None] = {}
     try:
@@ -397,7 +397,7 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
                 done = read_finished(run_dir, stage)
                 if done is not None:
                     results[stage.name] = done
-    table = build_results(full, results, benchmarks=_benchmarks(list(plan.tasks)),
+    table = build_results(full, results, benchmarks=task_benchmarks(list(plan.tasks)),
                           include_paper=bool(experiment_block(cfg).get("paper", True)),
                           metric_fns=_metric_fns(list(plan.tasks)))
     if register:

@@ -145,7 +145,7 @@ class DoReMiLightningModule(T5LightningModule):
         sums = torch.zeros(2 * k, dtype=torch.float64, device=logits.device)
         sums[:k].index_add_(0, ids[valid], excess)
         sums[k:].index_add_(0, ids[valid], weights[valid].double())
-        sums = self._reduce_sum(sums)  # every rank: the global batch's sums
+        sums = self._sum_over_ranks(sums)  # every rank: the global batch's sums
         alpha = self.dro.update(sums[:k], sums[k:]).to(logits.device)
         counts = sums[k:]
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -155,17 +155,22 @@ class DoReMiLightningModule(T5LightningModule):
                                    project=_identity)
         loss = out.sum * world
         global_tokens = counts.sum().clamp(min=1.0)
-        plain = self._reduce_sum((proxy * weights * valid).sum().detach().double()) / global_tokens
+        plain = self._sum_over_ranks((proxy * weights * valid).sum().detach().double()) / global_tokens
         if not torch.isfinite(plain) or not torch.isfinite(loss.detach()):
             raise NonFiniteLossError(self._nonfinite_message(float(plain), batch))
         self.last_train_loss = plain.float()
-        self._log_train(plain.float(), proxy, batch)
-        self._log_weights()
+        if self._trainer is not None:  # logging needs a Trainer (a step can also be called by hand)
+            self._log_train(plain.float(), proxy, batch)
+            self._log_weights()
         return loss
 
+    def _sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value.clone(), reduce_op="sum")
+
     def _log_weights(self) -> None:
-        step = self.trainer.global_step if self._trainer is not None else 0
-        if step % int(self.hparams.get("log_every_n_steps", 10)) != 0:
+        if self.trainer.global_step % int(self.hparams.get("log_every_n_steps", 10)) != 0:
             return
         for name, a, avg in zip(self.task_names, self.dro.alpha.tolist(), self.dro.averaged().tolist()):
             self.log(f"doremi_alpha/{name}", a, on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
