@@ -67,7 +67,10 @@ def model_override(preset: str | None, key: str) -> dict[str, Any]:
     return {"model": {**PRESETS[preset], "name": preset}}
 
 
-def plan_doremi(block: Mapping[str, Any], b: _Builder, mixing: Mapping[str, Any]) -> list[Row]:
+def plan_doremi(block: Mapping[str, Any], b: _Builder, mixing: Mapping[str, Any],
+                reference_stage: str | None = None) -> list[Row]:
+    """Add DoReMi's stages to `b` and return its rows. `reference_stage`: a stage already in `b` to use as the
+    reference model (a page that also has a row on the reference weights trains that model once)."""
     tasks = _tasks(block)
     corpus = block.get("corpus_task")
     members = [*tasks, corpus] if corpus else list(tasks)
@@ -87,9 +90,13 @@ def plan_doremi(block: Mapping[str, Any], b: _Builder, mixing: Mapping[str, Any]
     optim = dict(block.get("pretrain_optim") or {})
     mix = b.mixture("all", members)
     shared = not small and ref_steps == total  # the reference is the main-size model on the reference weights
-    reference = b.add(Stage(
-        name="doremi_reference", mixture=mix, tasks=tuple(members), steps=ref_steps, mixing=ref_mixing, optim=optim,
-        eval_tasks=tasks if shared else (), role="multitask" if shared else "reference", overrides=small))
+    if reference_stage is not None:
+        reference, shared = reference_stage, bool(b.stages[reference_stage].eval_tasks)
+    else:
+        reference = b.add(Stage(
+            name="doremi_reference", mixture=mix, tasks=tuple(members), steps=ref_steps, mixing=ref_mixing,
+            optim=optim, eval_tasks=tasks if shared else (), role="multitask" if shared else "reference",
+            overrides=small))
     proxy = b.add(Stage(
         name="doremi_proxy", mixture=mix, tasks=tuple(members), steps=proxy_steps, mixing=ref_mixing, optim=optim,
         role="proxy", checkpoint_inputs={"doremi.reference": reference},

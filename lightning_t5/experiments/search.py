@@ -269,7 +269,10 @@ def _number(opts: Mapping[str, Any], key: str, default: float, positive: bool = 
     return float(value)
 
 
-def plan_search(block: Mapping[str, Any], b: _Builder, mixing: Mapping[str, Any]) -> list[Row]:
+def plan_search(block: Mapping[str, Any], b: _Builder, mixing: Mapping[str, Any],
+                prior_stage: str | None = None) -> list[Row]:
+    """Add the search's stages to `b` and return its rows. `prior_stage`: a stage already in `b` trained on the
+    prior, used as the prior's row instead of a `search_prior` stage (a page that has that row trains it once)."""
     tasks = _tasks(block)
     corpus = block.get("corpus_task")
     members = (*tasks, corpus) if corpus else tuple(tasks)
@@ -310,8 +313,8 @@ def plan_search(block: Mapping[str, Any], b: _Builder, mixing: Mapping[str, Any]
                               "top_k": positive_steps(opts, "search", "top_k", 128)}))
     main = b.add(Stage(name="search_main", mixture=mix, tasks=members, steps=total, mixing={"rate": "explicit"},
                        optim=optim, eval_tasks=tasks, role="multitask", weights_from=fit))
-    base = b.add(Stage(name="search_prior", mixture=mix, tasks=members, steps=total, mixing=prior, optim=optim,
-                       eval_tasks=tasks, role="multitask"))
+    base = prior_stage or b.add(Stage(name="search_prior", mixture=mix, tasks=members, steps=total, mixing=prior,
+                                      optim=optim, eval_tasks=tasks, role="multitask"))
     return [row(b, "prior", "Search prior", {t: base for t in tasks}),
             row(b, "search", "Search (RegMix-style) weights", {t: main for t in tasks})]
 
