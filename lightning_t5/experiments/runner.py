@@ -254,7 +254,8 @@ def apply_overrides(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan, resolved: Mapping[str, Stage]) -> None:
+def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan, resolved: Mapping[str, Stage] | None = None
+                      ) -> None:
     """Each multi-task row's share of training examples per task (what the mixing rate actually did);
     `resolved`: stages whose weights were read from a file, with those weights."""
     from mixtures import MixingConfig, MixtureRegistry
@@ -267,7 +268,7 @@ def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan, resolved: Map
         if len(names) != 1:
             continue
         name = names.pop()
-        stage = resolved.get(name) or plan.stage(name)
+        stage = (resolved or {}).get(name) or plan.stage(name)
         if stage.role != "multitask":
             continue
         try:
@@ -288,6 +289,8 @@ def _run_compute(stage: Stage, plan: ExperimentPlan, cfg: DictConfig, results: M
     result.update({"run_dir": str(run_dir), "steps": 0, "tokens": 0, "wall_time_s": round(time.time() - t0, 3)})
     if rank_zero:
         write_json(run_dir / COMPUTE_RESULT, result)
+    if result.get("summary"):
+        print(f"[experiment {plan.name}] stage {stage.name}: {result['summary']}", flush=True)
     return result
 
 
@@ -402,6 +405,8 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
                           metric_fns=_metric_fns(list(plan.tasks)))
     if register:
         _add_mixing_rates(table, full, resolved)
+    table["compute_stages"] = {s.name: results[s.name].get("summary") for s in full.stages
+                               if s.compute and s.name in results}  # e.g. the search's regressor and its choice
     table["stage_weights"] = {name: dict(st.mixing.get("weights") or {}) for name, st in resolved.items()
                               if st.weights_from}  # weights read from an earlier stage's weights.json
     table["wall_time_s_this_invocation"] = round(time.time() - started, 3)

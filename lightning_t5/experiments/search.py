@@ -32,6 +32,7 @@ passes_i(w) = w_i * rows / sum_j(w_j / per_row_j) / size_i, with rows = steps * 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -49,6 +50,7 @@ __all__ = ["SEARCH_KEYS", "DEFAULT_SCALES", "sample_mixtures", "planned_passes",
 
 SEARCH_KEYS = ("proxies", "proxy_steps", "proxy_model", "proxy_eval_examples", "prior", "scales", "max_epochs",
                "seed", "target", "rank", "regressor", "candidates", "top_k")
+log = logging.getLogger(__name__)
 DEFAULT_SCALES = tuple(float(x) for x in np.geomspace(0.1, 5.0, 10))
 REGRESSORS = ("linear", "gbm")
 
@@ -251,8 +253,12 @@ def _fit_stage(ctx: ComputeContext) -> dict[str, Any]:
                   extra={"proxy_scores": [float(v) for v in y], "best_proxy_weights": dict(zip(names or [], x[best])),
                          "predicted_score": float(model.predict(chosen[None, :])[0]),
                          "cv_rank_correlation": cv})
-    summary = (f"regressor {p['regressor']} on {len(y)} proxies (scores {y.min():.2f}-{y.max():.2f}); cross-validated "
-               f"rank correlation {'n/a' if cv is None else f'{cv:.2f}'}; chosen weights "
+    if np.ptp(y) == 0:
+        log.warning("search_fit: every proxy scored %.2f; the regressor learned nothing and the chosen mixture is "
+                    "an average of arbitrary candidates around the prior (more proxy steps or another target)", y[0])
+    summary = (("ALL PROXIES SCORED THE SAME: the choice is uninformed. " if np.ptp(y) == 0 else "")
+               + f"regressor {p['regressor']} on {len(y)} proxies (scores {y.min():.2f}-{y.max():.2f}); "
+               f"cross-validated rank correlation {'n/a' if cv is None else f'{cv:.2f}'}; chosen weights "
                + ", ".join(f"{n} {v:.3f}" for n, v in weights.items()))
     return {"summary": summary, "weights": weights, "cv_rank_correlation": cv}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -213,6 +214,10 @@ class RunConfig:
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
     doremi: DoReMiConfig = field(default_factory=DoReMiConfig)
+    # Free-form values for a sweeper (configs/sweep/*.yaml): `sweep.objective` names the score train.py returns to it
+    # (a benchmark average or a task, `sweep.rank` for rank classification), `sweep.u.<task>` uniforms that
+    # `${neg_log:...}` turns into mixing weights uniform on the simplex.
+    sweep: Optional[Dict[str, Any]] = None
 
 
 _SCHEMA: type | None = None
@@ -232,11 +237,22 @@ def build_schema() -> type:
     return _SCHEMA
 
 
+def neg_log(u: Any) -> float:
+    """`${neg_log:u}` = -ln(u) for u in (0, 1]: K uniforms through it, normalised, are uniform on the simplex (the
+    explicit mixing rates are normalised by the sampler), the way to put a sweeper over mixing weights."""
+    value = float(u)
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"neg_log needs a number in (0, 1], got {u!r}")
+    return -math.log(value)
+
+
 def register_schema() -> None:
-    """Register the schema as `run_schema` in Hydra's ConfigStore (config.yaml lists it first in its defaults)."""
+    """Register the schema as `run_schema` in Hydra's ConfigStore (config.yaml lists it first in its defaults) and
+    the config resolvers the shipped configs use (`neg_log`)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="run_schema", node=build_schema())
+    OmegaConf.register_new_resolver("neg_log", neg_log, replace=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
