@@ -37,18 +37,18 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 
 def sweep_score(cfg: DictConfig, result: dict) -> float | None:
-    """The score a sweeper optimises (`sweep.objective`: a benchmark average or a task; `sweep.rank`: rank
-    classification), by the function the mixing search scores its proxies with; None without `sweep.objective`."""
-    objective = (cfg.get("sweep") or {}).get("objective")
+    """The score a sweeper optimises (`tuning.objective`: a benchmark average or a task; `tuning.rank`: rank
+    classification), by the function the mixing search scores its proxies with; None without `tuning.objective`."""
+    objective = (cfg.get("tuning") or {}).get("objective")
     if not objective:
         return None
     from lightning_t5.experiments.runner import task_benchmarks
     from lightning_t5.experiments.search import proxy_score
 
     metrics = result.get("metrics") or {}
-    score = proxy_score(metrics, task_benchmarks(list(metrics)), str(objective), bool(cfg.sweep.get("rank", False)))
+    score = proxy_score(metrics, task_benchmarks(list(metrics)), str(objective), bool(cfg.tuning.get("rank", False)))
     if score is None:
-        raise ConfigError(f"sweep.objective={objective!r}: the run has no such score (its tasks: {sorted(metrics)})")
+        raise ConfigError(f"tuning.objective={objective!r}: the run has no such score (its tasks: {sorted(metrics)})")
     return score
 
 

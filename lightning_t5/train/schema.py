@@ -214,10 +214,10 @@ class RunConfig:
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
     doremi: DoReMiConfig = field(default_factory=DoReMiConfig)
-    # Free-form values for a sweeper (configs/sweep/*.yaml): `sweep.objective` names the score train.py returns to it
-    # (a benchmark average or a task, `sweep.rank` for rank classification), `sweep.u.<task>` uniforms that
+    # Free-form values for a sweeper (configs/tuning/*.yaml): `tuning.objective` names the score train.py returns to it
+    # (a benchmark average or a task, `tuning.rank` for rank classification), `tuning.u.<task>` uniforms that
     # `${neg_log:...}` turns into mixing weights uniform on the simplex.
-    sweep: Optional[Dict[str, Any]] = None
+    tuning: Optional[Dict[str, Any]] = None
 
 
 _SCHEMA: type | None = None

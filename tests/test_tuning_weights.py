@@ -1,4 +1,4 @@
-"""The Optuna route over mixing weights (configs/sweep/default_weights.yaml), tested without the optional Optuna
+"""The Optuna route over mixing weights (configs/tuning/default_weights.yaml), tested without the optional Optuna
 packages: the composed config turns each trial's uniforms into weights -ln(u) (uniform on the simplex once the
 sampler normalises them), and train.py returns the score the sweeper maximises."""
 
@@ -29,14 +29,14 @@ def compose(*overrides: str):
     register_schema()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=["+sweep=default_weights", *overrides])
+        cfg = hydra_compose(config_name="config", overrides=["+tuning=default_weights", *overrides])
     GlobalHydra.instance().clear()
     return cfg
 
 
 def test_a_trial_s_uniforms_become_weights_on_the_simplex() -> None:
     u = dict(zip(TASKS, [0.9, 0.1, 0.5, 0.25, 0.75, 0.01, 0.6]))
-    cfg = validate_config(compose(*[f"sweep.u.{t}={v}" for t, v in u.items()]))  # what the sweeper passes
+    cfg = validate_config(compose(*[f"tuning.u.{t}={v}" for t, v in u.items()]))  # what the sweeper passes
     weights = OmegaConf.to_container(cfg.mixing.weights, resolve=True)
     assert weights == pytest.approx({t: -math.log(v) for t, v in u.items()})
     shares = MixtureRegistry.get(cfg.mixture).rates(mixing=MixingConfig.from_dict({"rate": "explicit",
@@ -56,20 +56,20 @@ def test_normalised_neg_log_uniforms_are_uniform_on_the_simplex() -> None:
         neg_log(0.0)
 
 
-def test_train_py_returns_the_sweep_objective() -> None:
+def test_train_py_returns_the_tuning_objective() -> None:
     import train
 
-    cfg = compose("sweep.objective=glue")
+    cfg = compose("tuning.objective=glue")
     result = {"metrics": {"glue_sst2": {"accuracy": 80.0, "rank_accuracy": 90.0},
                           "glue_mrpc": {"accuracy": 60.0, "f1": 70.0, "rank_accuracy": 50.0, "rank_f1": 40.0},
                           "super_glue_cb": {"accuracy": 10.0, "f1": 20.0}}}
     assert train.sweep_score(cfg, result) == pytest.approx((80.0 + 65.0) / 2)  # GLUE average of task scores
-    cfg.sweep.rank = True
+    cfg.tuning.rank = True
     assert train.sweep_score(cfg, result) == pytest.approx((90.0 + 45.0) / 2)
-    cfg.sweep.objective = "glue_mrpc"
+    cfg.tuning.objective = "glue_mrpc"
     assert train.sweep_score(cfg, result) == pytest.approx(45.0)
-    cfg.sweep.objective = "glue_qqp"
-    with pytest.raises(ConfigError, match="sweep.objective='glue_qqp'"):
+    cfg.tuning.objective = "glue_qqp"
+    with pytest.raises(ConfigError, match="tuning.objective='glue_qqp'"):
         train.sweep_score(cfg, result)
-    cfg.sweep = None
+    cfg.tuning = None
     assert train.sweep_score(cfg, result) is None  # a plain run returns nothing to Hydra
