@@ -189,3 +189,42 @@ def test_proxy_run_writes_its_weights_and_resumes_exactly(tmp_path: Path) -> Non
     for step in range(1, 7):
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), (step, got, expected)
     assert read_weights(tmp_path / "part") == pytest.approx(weights, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_two_process_proxy_matches_one_process(tmp_path: Path) -> None:
+    """DDP: the per-task excess sums and token counts are summed over the ranks before each update, so 2 processes
+    with half the batch each hold the alpha of 1 process with the whole batch (losses and averaged weights agree)."""
+    from test_ddp import _train
+    from test_train_helpers import read_losses
+
+    ref = _train(tmp_path, "ref", 1, ["data.batch_size=4", "eval.tasks=[]"])
+    proxy = [f"doremi.reference={ref}", "doremi.eta=0.5", "eval.tasks=[]"]
+    one = _train(tmp_path, "one", 1, ["data.batch_size=4", *proxy])
+    two = _train(tmp_path, "two", 2, ["data.batch_size=2", "trainer.strategy=ddp", "trainer.devices=2", *proxy])
+    a, b = read_losses(one), read_losses(two)
+    np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=2e-5)
+    wa, wb = read_weights(one), read_weights(two)
+    assert wb == pytest.approx(wa, rel=1e-5)
+    assert max(wa.values()) - min(wa.values()) > 1e-4  # the weights moved: the comparison is not of two uniforms
+
+
+@pytest.mark.slow  # each stage is a fresh Python process under submitit's local executor
+def test_doremi_stages_wait_for_what_they_read_under_submitit_local(tmp_path: Path) -> None:
+    import sys
+
+    import cloudpickle
+
+    import test_experiments_runner
+
+    for module in (sys.modules[__name__], test_experiments_runner):
+        cloudpickle.register_pickle_by_value(module)  # the jobs unpickle the fake fit by value
+    cfg = doremi_cfg(tmp_path, executor="submitit_local", cluster={"timeout_min": 5})
+    table = run_experiment(cfg, fit_fn=DoReMiFakeFit())
+    times = table["stage_times"]
+    assert times["doremi_proxy"]["start"] >= times["doremi_reference"]["end"]  # reads the reference's checkpoint
+    assert times["doremi_main"]["start"] >= times["doremi_proxy"]["end"]  # reads the proxy's weights.json
+    out = tmp_path / "runs" / "dr"
+    spec = json.loads((out / "stages/doremi_main/stage.json").read_text())["spec"]
+    assert spec["mixing"]["weights"] == pytest.approx(read_weights(out / "stages/doremi_proxy"))
+    assert all(r["status"] == "done" for r in table["rows"])
