@@ -137,6 +137,11 @@ def test_search_experiment_runs_proxies_fits_and_trains_the_chosen_mixture(tmp_p
     rows = {r["key"]: r for r in table["rows"]}
     assert rows["search"]["compute"]["steps"] == 6 * 10 + 12 and rows["prior"]["compute"]["steps"] == 12
     assert rows["search"]["compute"]["stages"] == 9
+    computed = [table["stage_times"][n] for n in ("search_sample", "search_fit")]
+    assert all(not t["reused"] and t["end"] >= t["start"] for t in computed)  # run now, in this process
+    overhead = sum(json.loads((out / f"stages/{n}/result.json").read_text())["wall_time_s"]
+                   for n in ("search_sample", "search_fit"))
+    assert rows["search"]["compute"]["wall_time_s"] == pytest.approx(7 * 0.5 + overhead, abs=2e-3)  # 6 proxies + main
     # a rerun reuses every stage, the compute ones included; a new folder draws the very same mixtures
     again = SearchFakeFit()
     run_experiment(cfg, fit_fn=again)

@@ -10,6 +10,13 @@ Reuse rules (so an experiment can be interrupted, extended or re-run at no extra
   including the stage it starts from). If the config changed since (other steps, model, mixture...), the runner
   stops with an error instead of mixing stale and new checkpoints.
 
+* A stage may read what earlier stages produced, resolved when it starts: a checkpoint into a run-config key
+  (`Stage.checkpoint_inputs`, e.g. DoReMi's `doremi.reference`) and mixing weights from a stage's `weights.json`
+  (`Stage.weights_from`, `resolve_stage`); the weights are part of its spec and fingerprint, as are the fingerprints
+  of the stages it reads, so other weights or another reference mean a mismatch, never a silent reuse.
+* A compute stage (`Stage.compute`: a search's sampling or regression) trains nothing: the runner runs its function
+  in this process once the stages in `Stage.after` have finished, and its `result.json` marks it finished.
+
 The experiment folder is `<output_dir>/<experiment_options.run_name or experiment name>/` with `stages/<stage>/`
 (one `fit` run each), `plan.json`, and `results.{md,csv,json,png}`.
 """
@@ -286,7 +293,8 @@ def _run_compute(stage: Stage, plan: ExperimentPlan, cfg: DictConfig, results: M
     t0 = time.time()
     ctx = ComputeContext(stage=stage, plan=plan, cfg=cfg, results=results, experiment_dir=out, run_dir=run_dir)
     result = dict(compute_function(str(stage.compute))(ctx))
-    result.update({"run_dir": str(run_dir), "steps": 0, "tokens": 0, "wall_time_s": round(time.time() - t0, 3)})
+    result.update({"run_dir": str(run_dir), "steps": 0, "tokens": 0, "wall_time_s": round(time.time() - t0, 3),
+                   "computed_at": [t0, time.time()]})
     if rank_zero:
         write_json(run_dir / COMPUTE_RESULT, result)
     if result.get("summary"):
@@ -410,6 +418,10 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
     table["stage_weights"] = {name: dict(st.mixing.get("weights") or {}) for name, st in resolved.items()
                               if st.weights_from}  # weights read from an earlier stage's weights.json
     table["wall_time_s_this_invocation"] = round(time.time() - started, 3)
+    for name, times in stage_times.items():  # a compute stage run now was done by `prepare`, not reused
+        at = (results.get(name) or {}).get("computed_at")
+        if at and times.get("reused") and at[0] >= started:
+            stage_times[name] = {"start": at[0], "end": at[1], "reused": False}
     table["stage_times"] = stage_times  # start/end (unix s) of the stages run now; reused ones are marked
     if rank_zero:
         table["files"] = {k: str(v) for k, v in write_results(table, out).items()}
