@@ -162,6 +162,19 @@ def test_doremi_experiment_runs_reference_proxy_main_and_reuses_them(tmp_path: P
         run_experiment(cfg, fit_fn=DoReMiFakeFit())
 
 
+def test_doremi_with_seeds_reads_each_seed_s_own_reference_and_weights(tmp_path: Path) -> None:
+    cfg = doremi_cfg(tmp_path, seeds=[1, 2])
+    plan = make_plan(cfg)
+    assert plan.stage("doremi_proxy__seed2").checkpoint_inputs == {"doremi.reference": "doremi_reference__seed2"}
+    assert plan.stage("doremi_main__seed2").weights_from == "doremi_proxy__seed2"
+    fit = DoReMiFakeFit()
+    table = run_experiment(cfg, fit_fn=fit)
+    calls = {c["stage"]: c for c in fit.calls}
+    assert calls["doremi_proxy__seed2"]["doremi"]["reference"].endswith("doremi_reference__seed2/checkpoints/last.ckpt")
+    steps = {r["key"]: r["compute"]["steps"] for r in table["rows"]}
+    assert steps == {"reference": 2 * 12, "doremi": 2 * (12 + 5 + 12)}
+
+
 @pytest.mark.slow
 def test_proxy_run_writes_its_weights_and_resumes_exactly(tmp_path: Path) -> None:
     """A real DoReMi proxy (tiny model, 6 steps) against a reference: weights.json and mixing/doremi.yaml hold the
