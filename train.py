@@ -37,8 +37,24 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return add_mapping_keys(rest) + ([f"imports=[{','.join(modules)}]"] if modules else [])
 
 
+def sweep_score(cfg: DictConfig, result: dict) -> float | None:
+    """The score a sweeper optimises (`tuning.objective`: a benchmark average or a task; `tuning.rank`: rank
+    classification), by the function the mixing search scores its proxies with; None without `tuning.objective`."""
+    objective = (cfg.get("tuning") or {}).get("objective")
+    if not objective:
+        return None
+    from lightning_t5.experiments.runner import task_benchmarks
+    from lightning_t5.experiments.search import proxy_score
+
+    metrics = result.get("metrics") or {}
+    score = proxy_score(metrics, task_benchmarks(list(metrics)), str(objective), bool(cfg.tuning.get("rank", False)))
+    if score is None:
+        raise ConfigError(f"tuning.objective={objective!r}: the run has no such score (its tasks: {sorted(metrics)})")
+    return score
+
+
 @hydra.main(version_base=None, config_path="configs", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     from lightning_t5.errors import CheckpointError, RunInterrupted
     from lightning_t5.model.fused import FusedBackendError
     from mixtures import MixtureError
@@ -56,7 +72,7 @@ def main(cfg: DictConfig) -> None:
         else:
             from lightning_t5.train.fit import fit
 
-            fit(cfg, overrides=list(hydra_cfg.overrides.task))
+            return sweep_score(cfg, fit(cfg, overrides=list(hydra_cfg.overrides.task)))  # a sweeper's objective
     except (ConfigError, CheckpointError, FusedBackendError, MixtureError, TaskError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

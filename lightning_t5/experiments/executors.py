@@ -2,6 +2,10 @@
 (`submitit`) or as local subprocesses (`submitit_local`, submitit's local executor: the same code path as SLURM,
 testable on one machine).
 
+A stage waits for every stage it reads (`Stage.dependencies()`: its starting checkpoint, a reference model, the
+stage whose weights file sets its mixing weights). A stage that trains nothing (`Stage.compute`: a search's sampling
+or regression) is done by the runner's `prepare` in this process and never submitted.
+
 `experiment_options.executor: local | submitit | submitit_local` (default local: the sequential loop the runner has
 always had). With a submitit executor a stage is submitted as soon as the stage it starts from has finished, so
 independent stages run concurrently (e.g. every fine-tune after one pre-training, or all multi-task rows at once).
@@ -291,6 +295,11 @@ def _free_slot(capacity: Capacity, running: Mapping[str, tuple[Any, StageWork, A
     return capacity.gpu_slots[used.index(min(used))]
 
 
+def _ready(stage: Stage, results: Mapping[str, Any]) -> bool:
+    """Every stage this one reads (its starting point, a reference checkpoint, a weights file) has finished."""
+    return all(dep in results for dep in stage.dependencies())
+
+
 def _run_submitit(stages: Sequence[Stage], prepare: Callable[..., StageWork], fit_fn: Callable[..., Any],
                   jobs: Any, cluster: Mapping[str, Any], setup: Callable[[], None] | None,
                   capacity: Capacity | int | None = None, records: JobRecords | None = None,
@@ -307,7 +316,7 @@ def _run_submitit(stages: Sequence[Stage], prepare: Callable[..., StageWork], fi
     error: BaseException | None = None
     while pending or running:
         if error is None:  # submit every stage whose starting point is finished
-            for stage in [s for s in pending if s.init_stage is None or s.init_stage in results]:
+            for stage in [s for s in pending if _ready(s, results)]:
                 if capacity.max_parallel is not None and len(running) >= capacity.max_parallel:
                     break
                 pending.remove(stage)
@@ -337,8 +346,7 @@ def _run_submitit(stages: Sequence[Stage], prepare: Callable[..., StageWork], fi
                 running[stage.name] = (job, work, slot)
         elif not running:
             break
-        if error is None and pending and not running and not any(
-                s.init_stage is None or s.init_stage in results for s in pending):
+        if error is None and pending and not running and not any(_ready(s, results) for s in pending):
             raise ExperimentConfigError(f"stages {[s.name for s in pending]} wait for stages that never run")
         for name, (job, work, _) in list(running.items()):
             if not job.done():

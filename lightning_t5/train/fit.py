@@ -126,13 +126,18 @@ def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
     from lightning_t5.train.module import T5LightningModule
 
     tcfg = cfg.trainer
-    module = T5LightningModule(
+    cls, extra = T5LightningModule, {}
+    if cfg.doremi.reference:  # a DoReMi proxy: Group DRO against the reference (lightning_t5/train/doremi.py)
+        from lightning_t5.train.doremi import DoReMiLightningModule as cls  # noqa: N813
+
+        extra = {"doremi": {**plain(cfg.doremi), "weights_dir": str(cfg.run_dir)}}
+    module = cls(
         model_config=setup.model_config, optim=plain(cfg.optim), task_names=setup.task_names,
         total_steps=int(cfg.optim.total_steps or tcfg.max_steps), vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
         eval_options={"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": int(cfg.eval.num_beams),
                       "max_target_length": int(cfg.data.sequence_length.targets)},
-        sharding=sharding_options(cfg),
+        sharding=sharding_options(cfg), **extra,
     )
     if cfg.init_from and setup.checkpoint is None:
         load_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)

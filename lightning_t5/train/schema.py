@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -185,6 +186,16 @@ class TrainerConfig:
 
 
 @dataclass
+class DoReMiConfig:
+    """`doremi`: with a `reference` checkpoint the run trains a DoReMi proxy (lightning_t5/train/doremi.py: Group DRO
+    against the reference, per-task excess loss, the averaged weights written as the run's weights.json)."""
+
+    reference: Optional[str] = None  # checkpoint (file, directory or run folder) of the reference model; null: off
+    eta: float = 1.0  # step size of the weight update (the code's default; 0.1 against near one-hot weights)
+    eps: float = 1e-4  # smoothing towards uniform: alpha = (1 - eps) alpha + eps / K
+
+
+@dataclass
 class RunConfig:
     """Top level of the composed config (docs/CONTRACTS.md "Run configuration")."""
 
@@ -208,6 +219,11 @@ class RunConfig:
     # configs/objective/*.yaml: the pretraining objective of the mixture's corpus tasks, e.g.
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
+    doremi: DoReMiConfig = field(default_factory=DoReMiConfig)
+    # Free-form values for a sweeper (configs/tuning/*.yaml): `tuning.objective` names the score train.py returns to it
+    # (a benchmark average or a task, `tuning.rank` for rank classification), `tuning.u.<task>` uniforms that
+    # `${neg_log:...}` turns into mixing weights uniform on the simplex.
+    tuning: Optional[Dict[str, Any]] = None
 
 
 _SCHEMA: type | None = None
@@ -227,11 +243,22 @@ def build_schema() -> type:
     return _SCHEMA
 
 
+def neg_log(u: Any) -> float:
+    """`${neg_log:u}` = -ln(u) for u in (0, 1]: K uniforms through it, normalised, are uniform on the simplex (the
+    explicit mixing rates are normalised by the sampler), the way to put a sweeper over mixing weights."""
+    value = float(u)
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"neg_log needs a number in (0, 1], got {u!r}")
+    return -math.log(value)
+
+
 def register_schema() -> None:
-    """Register the schema as `run_schema` in Hydra's ConfigStore (config.yaml lists it first in its defaults)."""
+    """Register the schema as `run_schema` in Hydra's ConfigStore (config.yaml lists it first in its defaults) and
+    the config resolvers the shipped configs use (`neg_log`)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="run_schema", node=build_schema())
+    OmegaConf.register_new_resolver("neg_log", neg_log, replace=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,6 +404,10 @@ def validate_config(cfg: DictConfig) -> DictConfig:
                           "each task's target lengths).")
     if cfg.eval.max_examples is not None and cfg.eval.max_examples <= 0:
         raise ConfigError(f"eval.max_examples={cfg.eval.max_examples!r} must be positive or null (whole split).")
+    if cfg.doremi.eta <= 0:
+        raise ConfigError(f"doremi.eta={cfg.doremi.eta!r} must be positive (the step size of the weight update).")
+    if not 0 <= cfg.doremi.eps < 1:
+        raise ConfigError(f"doremi.eps={cfg.doremi.eps!r} must be in [0, 1) (the share of uniform weights).")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers!r} must be >= 0.")
     return cfg
