@@ -202,13 +202,13 @@ def test_objective_group_prefix_lm(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- what a resume accepts (issue 24 item 3)
-def saved_run(tmp_path: Path) -> Path:
+def saved_run(tmp_path: Path, *overrides: str) -> Path:
     """A run directory holding the config.yaml of the small test run (resume's override checks read nothing else)."""
     from omegaconf import OmegaConf
 
     from lightning_t5.train.setup import prepare_config
 
-    cfg = prepare_config(compose_config(tmp_path, run_name="saved"))
+    cfg = prepare_config(compose_config(tmp_path, *overrides, run_name="saved"))
     run = Path(cfg.run_dir)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -282,6 +282,12 @@ def test_resume_accepts_the_budget_evaluation_and_the_original_command_line(tmp_
     with caplog.at_level(logging.WARNING):
         same = resume_with(tmp_path, run, "trainer.max_steps=6", "optim=adamw", fast=True)
     assert same.trainer.max_steps == 6 and not caplog.records
+    constant = saved_run(tmp_path / "constant", "optim.schedule=constant")
+    with caplog.at_level(logging.WARNING):
+        resume_with(tmp_path, constant, "trainer.max_steps=10")
+    assert caplog.records[-1].getMessage() == (
+        "resume: trainer.max_steps 6 -> 10: training continues to step 10; the learning-rate schedule "
+        "(optim.schedule=constant) does not depend on it.")
 
 
 def test_resume_from_a_step_checkpoint_uses_the_run_config(tmp_path: Path) -> None:

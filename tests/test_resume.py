@@ -214,7 +214,6 @@ def test_ctrl_c_resume_is_exact_with_evaluation_tasks(tmp_path: Path, reference:
     assert stop.saved
 
 
-@pytest.mark.slow
 def test_ctrl_c_at_other_moments_of_a_step_resumes_exactly(tmp_path: Path, reference: dict[int, float]) -> None:
     """Ctrl-C in the middle of a step (before the optimizer step), during an evaluation inside training, and a
     second Ctrl-C while the checkpoint is being written (ignored: the write finishes); then a resume from a step

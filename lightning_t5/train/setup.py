@@ -20,6 +20,7 @@ import tasks
 from lightning_t5.dist.checkpoint import check_compatible, find_last_checkpoint, fsync_dir, load_checkpoint
 from lightning_t5.errors import CheckpointError, ConfigError
 from lightning_t5.model.fused import resolve_backend
+from lightning_t5.train.schedules import lr_lambda
 from lightning_t5.train.schema import to_run_config, validate_config
 from mixtures import MixingConfig, MixtureRegistry, with_objective
 from tasks import TaskRegistry
@@ -60,19 +61,17 @@ def _timestamp() -> str:
 
 _RUN_IDENTITY_KEYS = ("resume", "run_dir", "run_name", "output_dir", "experiment")
 
-#: What a resume accepts when an override changes a saved value, and why that cannot change how the saved steps
-#: continue (a key matches itself and everything below it). `docs/CONTRACTS.md` lists the same.
-RESUME_ACCEPTS: dict[str, str] = {
-    "trainer.max_steps": "where training stops",
-    "trainer.checkpoint_every_n_steps": "when checkpoints are written",
-    "trainer.keep_checkpoints": "which checkpoints are kept",
-    "trainer.log_every_n_steps": "how often metrics are logged",
-    "trainer.enable_progress_bar": "the console",
-    "eval": "evaluation only (it leaves training's random numbers untouched)",
-    "export_hf": "where the final model is exported",
-    "data.num_workers": "which processes build the batches (the batches are the same)",
-    "imports": "which modules register tasks (a change of their data is refused by the data check)",
-}
+#: What a resume accepts when an override changes a saved value: nothing here changes how the saved steps continue
+#: (a key matches itself and everything below it). `docs/CONTRACTS.md` and the README list the same.
+RESUME_ACCEPTS: tuple[str, ...] = (
+    "trainer.max_steps",  # where training stops (logged: the learning-rate schedule may span the new budget)
+    "trainer.checkpoint_every_n_steps", "trainer.keep_checkpoints", "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",  # bookkeeping and the console
+    "eval",  # evaluation only: it leaves training's random numbers untouched (train.callbacks.RngState)
+    "export_hf",  # where the final model is exported
+    "data.num_workers",  # which processes build the batches; the batches are the same
+    "imports",  # which modules register tasks; a change of their data is refused by the data check in fit
+)
 
 #: Why every other override is refused (the longest matching key wins).
 _RESUME_REFUSES: dict[str, str] = {
@@ -93,10 +92,14 @@ _RESUME_REFUSES: dict[str, str] = {
 _MISSING = object()
 
 
-def _matching(key: str, table: Mapping[str, str]) -> str | None:
-    """The entry of `table` for dotted `key`: the longest table key equal to it or above it."""
+def _matching(key: str, table: Mapping[str, str] | Sequence[str]) -> str | None:
+    """The entry of `table` for dotted `key`: the longest table key equal to it or above it (its value for a
+    mapping, the key itself for a sequence)."""
     hits = [k for k in table if key == k or key.startswith(k + ".")]
-    return table[max(hits, key=len)] if hits else None
+    if not hits:
+        return None
+    best = max(hits, key=len)
+    return table[best] if isinstance(table, Mapping) else best
 
 
 def _as_plain(value: Any) -> Any:
@@ -190,16 +193,23 @@ def load_resume_config(resume: str | os.PathLike, overrides: Sequence[str] = (),
 
 
 def _log_budget_change(saved: DictConfig, merged: DictConfig) -> None:
-    """One line when `trainer.max_steps` changes on resume: where training now stops, and whether the
-    learning-rate schedule (which spans `optim.total_steps`, else `trainer.max_steps`) changes with it."""
+    """One line when `trainer.max_steps` changes on resume: where training now stops, and whether the learning-rate
+    schedule (which spans `optim.total_steps`, else `trainer.max_steps`) changes with it."""
     before, after = int(saved.trainer.max_steps), int(merged.trainer.max_steps)
     if before == after or not _is_rank_zero():
         return
-    total = OmegaConf.select(merged, "optim.total_steps")
-    schedule = OmegaConf.select(merged, "optim.schedule")
-    lr = (f"the learning-rate schedule keeps optim.total_steps={total}" if total else
-          f"the learning-rate schedule (optim.schedule={schedule}) now spans {after} steps instead of {before}, so "
-          f"the learning rate from here on differs from the original plan")
+    optim = merged.optim
+    if optim.total_steps:
+        lr = f"the learning-rate schedule keeps optim.total_steps={optim.total_steps}"
+    else:
+        old, new = (lr_lambda(optim.schedule, warmup_steps=optim.warmup_steps, total_steps=total,
+                              min_lr_ratio=optim.min_lr_ratio or 0.0) for total in (before, after))
+        longest = max(before, after)
+        if any(old(step) != new(step) for step in range(0, longest + 1, max(1, longest // 1000))):
+            lr = (f"the learning-rate schedule (optim.schedule={optim.schedule}) now spans {after} steps instead of "
+                  f"{before}, so the learning rate from here on differs from the original plan")
+        else:
+            lr = f"the learning-rate schedule (optim.schedule={optim.schedule}) does not depend on it"
     log.warning("resume: trainer.max_steps %d -> %d: training continues to step %d; %s.", before, after, after, lr)
 
 
