@@ -1,11 +1,12 @@
 """`fit(cfg)`: one training run from a composed run config (docs/CONTRACTS.md "Run configuration").
 
 Order of work, chosen so every configuration mistake surfaces before anything slow happens: validate the config
-(schema + choices) -> import user modules -> resolve the mixture (suggestions on a typo) -> check the kernel backend
-(model.fused=apex without Apex), the vocabulary size, `mixing.*` and `eval.tasks` -> resolve resume/init checkpoints
-and check compatibility -> only then build data, model and Trainer and create the run directory. `fit` is that list
-of steps, one function each. The run directory receives the resolved `config.yaml`, checkpoints, TensorBoard/CSV
-logs, `train_log.jsonl`, `metrics.json` and `results.md`.
+(schema + choices; on resume, the overrides a resume accepts) -> import user modules -> resolve the mixture
+(suggestions on a typo) -> check the kernel backend (model.fused=apex without Apex), the vocabulary size, `mixing.*`
+and `eval.tasks` -> resolve resume/init checkpoints and check compatibility -> build the data and check that a
+resumed data stream can continue -> only then build model and Trainer and create the run directory (its first
+write). `fit` is that list of steps, one function each. The run directory receives the resolved `config.yaml`,
+checkpoints, TensorBoard/CSV logs, `train_log.jsonl`, `metrics.json` and `results.md`.
 """
 
 from __future__ import annotations
