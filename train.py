@@ -12,6 +12,7 @@ config and turns configuration errors into one readable paragraph and exit statu
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -77,10 +78,13 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except RunInterrupted as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one more Ctrl-C must not replace the resume line by a traceback
         if experiment:  # the runner resumes interrupted stages and reuses finished ones
-            print(f"interrupted at step {stop.step} of stage {stop.run_dir}; resumable checkpoint saved to "
-                  f"{stop.checkpoint}.\nResume with the same command: python train.py {' '.join(sys.argv[1:])}",
-                  file=sys.stderr)
+            where = (f"resumable checkpoint saved to {stop.checkpoint}" if stop.saved else
+                     f"the stage resumes from its last checkpoint, {stop.checkpoint}" if stop.checkpoint else
+                     "the stage had no checkpoint yet and starts again")
+            print(f"interrupted at step {stop.step} of stage {stop.run_dir}; {where}.\nResume with the same command: "
+                  f"python train.py {' '.join(sys.argv[1:])}", file=sys.stderr)
         else:
             print(stop, file=sys.stderr)
         sys.exit(130)

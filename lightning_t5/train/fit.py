@@ -1,11 +1,12 @@
 """`fit(cfg)`: one training run from a composed run config (docs/CONTRACTS.md "Run configuration").
 
 Order of work, chosen so every configuration mistake surfaces before anything slow happens: validate the config
-(schema + choices) -> import user modules -> resolve the mixture (suggestions on a typo) -> check the kernel backend
-(model.fused=apex without Apex), the vocabulary size, `mixing.*` and `eval.tasks` -> resolve resume/init checkpoints
-and check compatibility -> only then build data, model and Trainer and create the run directory. `fit` is that list
-of steps, one function each. The run directory receives the resolved `config.yaml`, checkpoints, TensorBoard/CSV
-logs, `train_log.jsonl`, `metrics.json` and `results.md`.
+(schema + choices; on resume, the overrides a resume accepts) -> import user modules -> resolve the mixture
+(suggestions on a typo) -> check the kernel backend (model.fused=apex without Apex), the vocabulary size, `mixing.*`
+and `eval.tasks` -> resolve resume/init checkpoints and check compatibility -> build the data and check that a
+resumed data stream can continue -> only then build model and Trainer and create the run directory (its first
+write). `fit` is that list of steps, one function each. The run directory receives the resolved `config.yaml`,
+checkpoints, TensorBoard/CSV logs, `train_log.jsonl`, `metrics.json` and `results.md`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_t5.dist.checkpoint import load_weights
 from lightning_t5.dist.sharding import check_config as check_sharding_config
 from lightning_t5.dist.sharding import full_state_dict, sharding_options
-from lightning_t5.errors import RunInterrupted
+from lightning_t5.errors import CheckpointError
 from lightning_t5.eval.evaluation import eval_details, render_run_results, write_json, write_predictions
 from lightning_t5.eval.truncation import report_for_run
 from lightning_t5.model.t5 import T5
-from lightning_t5.train.setup import RunSetup, plain, resolve_run_config
+from lightning_t5.train.setup import RunSetup, plain, resolve_run_config, write_text_durably
+from mixtures import MixtureError
 
 if TYPE_CHECKING:
     from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog
@@ -54,8 +56,11 @@ def _quiet_known_warnings() -> None:
 
     import datasets
 
+    # "Length of IterableDataset ... was reported to be N ... but M samples have been fetched": torchdata restores
+    # its count of len() calls from the checkpoint, so a resume with a larger trainer.max_steps reports the old length
     for pattern in (".*set_vital.*", ".*LeafSpec.*", ".*IterableDataset. has .__len__. defined.*",
-                    ".*Checkpoint directory .* exists and is not empty.*", ".*litlogger.*"):
+                    ".*Checkpoint directory .* exists and is not empty.*", ".*litlogger.*",
+                    ".*Length of IterableDataset .* was reported to be.*"):
         warnings.filterwarnings("ignore", message=pattern)
     rank_zero_logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropAdverts) for f in rank_zero_logger.filters):
@@ -89,6 +94,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     # token caches (streaming corpora must be cached offline, else an error gives the command) and the repetition
     # guard, before the model is built or anything slow starts
     datamodule.prepare_training_data()
+    _check_resume_data(cfg, setup, datamodule)  # a refused resume stops here: nothing in the run directory changed
     truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
     _seed_and_precision(cfg)
     module = _build_module(cfg, setup)
@@ -110,6 +116,23 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     if trainer.is_global_zero:
         _write_outputs(cfg, module, result, before, after, setup.model_config, export_state, setup.vocabulary)
     return result
+
+
+def _check_resume_data(cfg: DictConfig, setup: RunSetup, datamodule: Any) -> None:
+    """Before anything is written into the run directory: the checkpoint's data stream continues with this config's
+    data. The sampler's own resume check (same tasks, same data, same rates; `MixtureDataset.load_state_dict`) runs
+    on a probe of the first process's stream, so a refusal is a CheckpointError here instead of an error inside
+    Lightning's checkpoint restore (where its teardown buries it under "Please call `iter(combined_loader)` first")."""
+    if setup.resume_stream is None:
+        return
+    probe = datamodule.make_train_dataset(0, len(setup.resume_stream))
+    try:
+        probe.load_state_dict(setup.resume_stream[0])
+    except MixtureError as err:
+        before, after = setup.saved_max_steps, int(cfg.trainer.max_steps)
+        budget = (f" The mixing depends on the step budget, and trainer.max_steps changed from {before} to {after}: "
+                  f"resume with trainer.max_steps={before}, or start a new run." if before not in (None, after) else "")
+        raise CheckpointError(f"resume={cfg.resume}: {err}{budget}") from None
 
 
 def _seed_and_precision(cfg: DictConfig) -> None:
@@ -196,12 +219,15 @@ def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog, e
 
 
 def _create_run_dir(trainer: Any, cfg: DictConfig) -> bool:
-    """Write `config.yaml` into the run directory and say where the run lives; True when the directory is new."""
+    """Write `config.yaml` into the run directory and say where the run lives; True when the directory is new.
+
+    The first write into the run directory: every check of a resume has passed by now. Written durably (a resume
+    reads it back, so a crash mid-write must not leave half a file)."""
     run_dir = Path(cfg.run_dir)
     created = not run_dir.exists()
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_durably(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         print(f"run directory: {run_dir}", flush=True)
     return created
 
@@ -228,13 +254,18 @@ def _evaluate_before_training(trainer: Any, module: Any, datamodule: Any, cfg: D
 
 
 def _train(trainer: Any, module: Any, datamodule: Any, setup: RunSetup, interrupt: InterruptCheckpoint) -> None:
-    """`trainer.fit`, from the resume checkpoint when there is one; Ctrl-C ends it with a resumable checkpoint."""
+    """`trainer.fit`, from the resume checkpoint when there is one; Ctrl-C ends it with `RunInterrupted` (a resumable
+    checkpoint, or after a second Ctrl-C the run's last one), whatever Lightning raised while stopping."""
     start = f"resuming from {setup.checkpoint}" if setup.checkpoint else "training"
     _phase(trainer, f"{start} (Ctrl-C saves a resumable checkpoint) ...")
     with interrupt.catching_sigint():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
-    if interrupt.saved is not None:
-        raise RunInterrupted(interrupt.saved, int(trainer.global_step), Path(interrupt.dirpath).parent)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
+        except BaseException as err:
+            stop = interrupt.stopped(err, int(trainer.global_step))
+            if stop is None:
+                raise
+            raise stop from None
     if trainer.state.status.value != "finished":
         log.warning("training did not finish (%s); the last checkpoint is in %s", trainer.state.status,
                     interrupt.dirpath)
