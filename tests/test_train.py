@@ -208,6 +208,10 @@ def test_a_launch_that_fails_before_its_first_step_leaves_no_run_directory(tmp_p
                                                            "validation": str(tmp_path / "nope.jsonl")}),
                           [lambda row: {"inputs": row["x"], "targets": row["y"]}]), replace=True)
     MixtureRegistry.add(Mixture("missing_file_mix", ["missing_file_task"]), replace=True)
-    with pytest.raises(Exception):  # noqa: B017 - whichever error the data layer raises, the directory must go
-        fit(compose_config(tmp_path, "mixture=missing_file_mix", run_name="broken"))
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whichever error the data layer raises, the directory must go
+            fit(compose_config(tmp_path, "mixture=missing_file_mix", run_name="broken"))
+    finally:  # the registries are process-wide: test_tasks_formats checks that only catalog tasks are registered
+        MixtureRegistry.remove("missing_file_mix")
+        TaskRegistry.remove("missing_file_task")
     assert not (tmp_path / "broken").exists()
