@@ -8,8 +8,9 @@ used by training). ``configs/config.yaml`` is the one place those defaults live;
 
 The composition follows Hydra's rules for what the tools need: the config groups selected by the defaults list
 (``trainer: cpu`` reads ``configs/trainer/cpu.yaml`` into ``trainer``; a ``# @package _global_`` file merges at the
-top), ``config.yaml``'s own keys last (``_self_``), then the command line: ``group=name`` selects another file
-(``trainer=ddp``), ``a.b=value`` sets a key (YAML values: ``data.sequence_length.inputs=512``).
+top), ``config.yaml``'s own keys last (``_self_``), then the command line, parsed by Hydra's override grammar:
+``group=name`` selects another file (``trainer=ddp``), ``a.b=value`` sets a key (``data.sequence_length.inputs=512``,
+``mixing.stages=[{start_step:0,weights:{a:1}}]``).
 """
 
 from __future__ import annotations
@@ -56,17 +57,12 @@ def load_run_config(overrides: Sequence[str] = ()) -> DictConfig:
         for key, value in entry.items():
             if not str(key).startswith("override") and key in groups:
                 selected[str(key)] = None if value is None else str(value)
-    dotlist = []
-    for override in overrides:
-        key, sep, value = override.lstrip("+~").partition("=")
-        if not sep:
-            raise TaskError(f"override {override!r} must look like key=value (e.g. data.sequence_length.inputs=512).")
+    settings: list[tuple[str, Any]] = []
+    for key, value in _parse(overrides):
         if key in groups:
-            selected[key] = None if value.lower() in ("null", "none", "") else value
-        elif key == "imports":
-            continue  # taken by tasks.pop_imports before this
-        else:
-            dotlist.append(f"{key}={value}")
+            selected[key] = None if value is None else str(value)
+        elif key != "imports":  # imports: taken by tasks.pop_imports before this
+            settings.append((key, value))
     cfg = OmegaConf.create({})
     for group, name in selected.items():
         if name is None:
@@ -75,12 +71,28 @@ def load_run_config(overrides: Sequence[str] = ()) -> DictConfig:
         cfg = OmegaConf.merge(cfg, node if is_global else {group: node})
     own = OmegaConf.masked_copy(base, [k for k in base if k not in ("defaults", "hydra")])
     cfg = OmegaConf.merge(cfg, own)
-    for item in dotlist:
-        key = item.split("=", 1)[0]
+    for key, value in settings:
         _check_key(cfg, key)
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     assert isinstance(cfg, DictConfig)
     return cfg
+
+
+def _parse(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """``(key, value)`` of each override, parsed by Hydra's own override grammar (the syntax of train.py)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    out = []
+    for override in overrides:
+        if "=" not in override:
+            raise TaskError(f"override {override!r} must look like key=value (e.g. data.sequence_length.inputs=512).")
+        try:
+            parsed = OverridesParser.create().parse_overrides([override])[0]
+        except HydraException as err:
+            raise TaskError(f"cannot parse override {override!r}: {str(err).splitlines()[0]}") from None
+        out.append((parsed.key_or_group, parsed.value()))
+    return out
 
 
 def _check_key(cfg: DictConfig, key: str) -> None:

@@ -216,8 +216,12 @@ def apply_overrides(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan) -> None:
-    """Each multi-task row's share of training examples per task (what the mixing rate actually did)."""
+def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan,
+                      results: Mapping[str, Mapping[str, Any]] | None = None,
+                      sequence_length: Mapping[str, int] | None = None) -> None:
+    """Each multi-task row's share of training examples per task: the planned shares its stage recorded in
+    `metrics.json` (`mixtures.shares.task_shares` at the run's own lengths, the numbers the run drew by); for a stage
+    without that record, the rates at the experiment's sequence lengths."""
     from mixtures import MixingConfig, MixtureRegistry
 
     plan_rows = {r.key: r for r in plan.rows}
@@ -230,9 +234,15 @@ def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan) -> None:
         stage = plan.stage(names.pop())
         if stage.role != "multitask":
             continue
+        recorded = (((results or {}).get(stage.name) or {}).get("shares") or {}).get("planned", {}).get("examples")
+        if recorded:
+            row["mixing_rates"] = {k: float(v) for k, v in recorded.items()}
+            continue
         try:
             mix = MixtureRegistry.get(stage.mixture)
-            row["mixing_rates"] = {k: float(v) for k, v in mix.rates(mixing=MixingConfig(**dict(stage.mixing))).items()}
+            mixing = MixingConfig.from_dict(dict(stage.mixing))
+            row["mixing_rates"] = {k: float(v) for k, v in mix.rates(mixing=mixing,
+                                                                     sequence_length=sequence_length).items()}
         except Exception as err:  # rates are informative only; never fail the results over them
             log.warning("could not compute the mixing rates of %s: %s", stage.name, err)
 
@@ -333,7 +343,8 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
                           include_paper=bool(experiment_block(cfg).get("paper", True)),
                           metric_fns=_metric_fns(list(plan.tasks)))
     if register:
-        _add_mixing_rates(table, full)
+        seq = OmegaConf.select(cfg, "data.sequence_length")
+        _add_mixing_rates(table, full, results, {k: int(v) for k, v in seq.items()} if seq is not None else None)
     table["wall_time_s_this_invocation"] = round(time.time() - started, 3)
     table["stage_times"] = stage_times  # start/end (unix s) of the stages run now; reused ones are marked
     if rank_zero:
