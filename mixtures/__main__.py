@@ -69,9 +69,17 @@ def describe_mixing(mixing: MixingConfig) -> str:
     if mixing.unsupervised_rate is not None:
         parts.append(f"unsupervised_rate={mixing.unsupervised_rate:g}")
     parts.append(f"sizes={mixing.size_source or 'auto'}")
+    if rate == "unimax":
+        budget = f"{mixing.unimax_budget:,.0f} examples" if mixing.unimax_budget else "from the run's steps"
+        parts.append(f"N={mixing.unimax_max_epochs or 1:g} epochs, budget {budget}")
     if mixing.schedule is not None:
         parts.append(f"schedule: -> {describe_mixing(mixing.schedule.to)} over steps "
                      f"{mixing.schedule.start_step}..{mixing.schedule.end_step}")
+    if mixing.stages:
+        parts.append(f"{len(mixing.stages)} fixed stage(s) from step {mixing.stages[0]['start_step']}")
+    if mixing.adaptive:
+        options = {k: v for k, v in (mixing.adaptive_options or {}).items() if v is not None}
+        parts.append(f"adaptive={mixing.adaptive}{options or ''} (a stage every {mixing.adaptive_every} steps)")
     return ", ".join(parts)
 
 

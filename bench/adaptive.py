@@ -1,0 +1,81 @@
+"""Benchmark: what adaptive mixing (ODM) costs in training throughput, against the same run with static rates.
+
+Both runs are `python train.py`'s default run (tiny T5, the `default` mixture, packed 32 x 128/32 batches, CPU) without
+evaluation; the ODM run adds `mixing.adaptive=odm` with no warm-up, an update every step and a new stage every 10 steps
+(the most work ODM can do: every step reduces the per-task losses, updates the bandit, every block appends a stage).
+Packed batches have the same number of token slots whatever the mixture draws, so steps per second compare the same
+work. The runs alternate (static, ODM, static, ODM, ...) so that load on the machine hits both alike; each run's speed
+is the median time between consecutive steps of its `train_log.jsonl` after the first `--skip` steps.
+
+Prints the median step time of each run, and the ratio ODM throughput / static throughput (1.0 = free; the target is
+>= 0.95). Run: ``.venv/bin/python bench/adaptive.py [--steps 80] [--repeats 3] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ODM = ["mixing.adaptive=odm", "mixing.adaptive_options.warmup_steps=0", "mixing.adaptive_every=10"]
+
+
+def run(out: Path, name: str, steps: int, extra: list[str]) -> list[float]:
+    """Train one run; the seconds between consecutive optimizer steps."""
+    from hydra import compose, initialize_config_dir
+
+    from lightning_t5.train.fit import fit
+    from lightning_t5.train.schema import register_schema
+
+    register_schema()
+    overrides = [f"trainer.max_steps={steps}", "eval.tasks=[]", "eval.before_training=false",
+                 "trainer.enable_progress_bar=false", f"trainer.checkpoint_every_n_steps={steps}",
+                 f"output_dir={out}", f"run_name={name}", *extra]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    fit(cfg)
+    times = [json.loads(line)["time"] for line in (out / name / "train_log.jsonl").read_text().splitlines()]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--skip", type=int, default=10, help="steps left out at the start of each run (warm-up)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each kind, alternating")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    medians: dict[str, list[float]] = {"static": [], "odm": []}
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for kind, extra in (("static", []), ("odm", ODM)):
+                gaps = run(Path(tmp), f"{kind}{r}", args.steps, extra)[args.skip:]
+                medians[kind].append(statistics.median(gaps))
+    static, odm = statistics.median(medians["static"]), statistics.median(medians["odm"])
+    ratio = static / odm  # throughput ratio: (1 / odm) / (1 / static)
+    result = {"steps": args.steps, "repeats": args.repeats, "static_s_per_step": medians["static"],
+              "odm_s_per_step": medians["odm"], "median_static_s_per_step": static, "median_odm_s_per_step": odm,
+              "odm_over_static_throughput": ratio, "wall_s": round(time.time() - start, 1)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("## Adaptive mixing overhead (default run: tiny T5, packed 32 x 128/32, CPU, no evaluation)")
+        print(f"static rates: {', '.join(f'{t * 1000:.1f}' for t in medians['static'])} ms/step (median of each run)")
+        print(f"ODM         : {', '.join(f'{t * 1000:.1f}' for t in medians['odm'])} ms/step")
+        print(f"ODM throughput / static throughput = {ratio:.3f} (target >= 0.95; {result['wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
