@@ -92,8 +92,7 @@ class Stages:
                                f"steps before {self.decided_until}); the sampler was asked to plan further ahead than "
                                "one block: raise mixing.adaptive_every above the loader's look-ahead "
                                "(2 x data.num_workers).")
-        i = bisect.bisect_right(self._starts, step) - 1
-        return self._stages[i].shares if i >= 0 else self.base(step)
+        return self.latest(step)
 
     def latest(self, step: int) -> np.ndarray:
         """The shares of ``step`` as far as they are known now (reports; the sampler itself calls the object)."""

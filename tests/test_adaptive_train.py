@@ -86,6 +86,13 @@ def test_sigkill_and_resume_under_odm_on_one_process(tmp_path: Path) -> None:
     assert (run_dir / "mixing_shares.png").read_bytes()[:4] == b"\x89PNG"
     metrics = (run_dir / "csv").glob("version_*/metrics.csv")
     assert any("mixing/planned/glue_rte" in p.read_text().splitlines()[0] for p in metrics)
+    # `python -m mixtures show --stages` reads the same stages from the run directory and from a checkpoint file
+    from mixtures.stages import read_run_file
+
+    from_ckpt = read_run_file(run_dir / "checkpoints" / "last.ckpt")
+    assert [(s["start_step"], s["shares"]) for s in from_ckpt["stages"]] == \
+        [(s["start_step"], s["shares"]) for s in json.loads((run_dir / "mixing.json").read_text())["stages"]]
+    assert from_ckpt["adaptive"] == "odm"
 
 
 @pytest.fixture(scope="module")

@@ -144,9 +144,11 @@ class T5LightningModule(pl.LightningModule):
         ids = ids.long()
         valid = ids >= 0
         n_tasks = len(self.task_names)
-        sums = torch.zeros(n_tasks, device=losses.device).index_add_(0, ids[valid], losses[valid].float())
-        counts = torch.bincount(ids[valid], minlength=n_tasks).to(sums.dtype)
-        return self._reduce_sum(sums), self._reduce_sum(counts)
+        both = torch.zeros(2, n_tasks, device=losses.device)
+        both[0].index_add_(0, ids[valid], losses[valid].float())
+        both[1] = torch.bincount(ids[valid], minlength=n_tasks).to(both.dtype)
+        both = self._reduce_sum(both)  # one collective for both
+        return both[0], both[1]
 
     # ------------------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
