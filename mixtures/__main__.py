@@ -26,38 +26,6 @@ from .mixture import MixtureRegistry
 from .rates import MixingConfig
 
 
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("null", "none", "~"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``mixing.rate=temperature mixing.schedule.to.rate=equal`` -> nested mixing dict (keys validated later)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise MixtureError(f"override {item!r} must look like mixing.KEY=VALUE (e.g. mixing.rate=temperature).")
-        key, value = item.split("=", 1)
-        parts = key.split(".")
-        if parts[0] != "mixing" or len(parts) < 2:
-            raise MixtureError(f"override {item!r}: only mixing.* keys are accepted here, e.g. "
-                               f"mixing.max_examples=2048.")
-        node = out
-        for p in parts[1:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = _parse_value(value)
-    return out
-
-
 def describe_mixing(mixing: MixingConfig) -> str:
     """The mixing settings a run would use, in the paper's terms (rate name, K, T), with defaults filled in."""
     rate = mixing.rate or "proportional"
