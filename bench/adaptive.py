@@ -52,8 +52,9 @@ def _timed(cls: type, name: str) -> None:
     setattr(cls, name, wrapper)
 
 
-def run(out: Path, name: str, steps: int, extra: list[str]) -> list[float]:
-    """Train one run; the seconds between consecutive optimizer steps."""
+def run(out: Path, name: str, steps: int, extra: list[str]) -> tuple[list[float], float]:
+    """Train one run; the seconds between consecutive optimizer steps, and the examples a step drew (packed rows hold
+    more short examples than long ones, and the data path's work grows with the examples)."""
     from hydra import compose, initialize_config_dir
 
     from lightning_t5.train.fit import fit
@@ -65,9 +66,10 @@ def run(out: Path, name: str, steps: int, extra: list[str]) -> list[float]:
                  f"output_dir={out}", f"run_name={name}", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
-    fit(cfg)
+    result = fit(cfg)
     times = [json.loads(line)["time"] for line in (out / name / "train_log.jsonl").read_text().splitlines()]
-    return [b - a for a, b in zip(times, times[1:])]
+    drawn = sum(c["examples"] for c in result["shares"]["drawn"]["counts"].values()) / steps
+    return [b - a for a, b in zip(times, times[1:])], drawn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,13 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     _timed(MixingMonitor, "on_train_batch_end")
     medians: dict[str, list[float]] = {"static": [], "odm": []}
     spent: dict[str, list[float]] = {"static": [], "odm": []}  # seconds per step inside the timed functions
+    examples: dict[str, list[float]] = {"static": [], "odm": []}  # examples drawn per step
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for kind, extra in (("static", []), ("odm", ODM)):
                 SPENT.clear()
-                gaps = run(Path(tmp), f"{kind}{r}", args.steps, [*args.overrides, *extra])
+                gaps, drawn = run(Path(tmp), f"{kind}{r}", args.steps, [*args.overrides, *extra])
                 medians[kind].append(statistics.median(gaps[args.skip:]))
+                examples[kind].append(drawn)
                 spent[kind].append(sum(SPENT.values()) / args.steps)
     static, odm = statistics.median(medians["static"]), statistics.median(medians["odm"])
     ratio = static / odm  # throughput ratio: (1 / odm) / (1 / static)
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               "odm_over_static_throughput": ratio, "paired_ratios": paired,
               "odm_work_s_per_step": spent["odm"], "static_work_s_per_step": spent["static"],
               "odm_extra_work_s_per_step": extra_work, "odm_over_static_throughput_from_work": measured,
+              "static_examples_per_step": examples["static"], "odm_examples_per_step": examples["odm"],
               "wall_s": round(time.time() - start, 1)}
     if args.json:
         print("BENCH_JSON " + json.dumps(result))
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(f'{x:.3f}' for x in paired)}; target >= 0.95; {result['wall_s']} s)")
         print(f"ODM's own work: {extra_work * 1000:.2f} ms per step more than static rates -> throughput ratio "
               f"{measured:.4f}")
+        print(f"examples per step (packed rows): static {statistics.mean(examples['static']):.1f}, ODM "
+              f"{statistics.mean(examples['odm']):.1f} (the mixture ODM draws changes the data path's work)")
     return 0
 
 
