@@ -4,11 +4,13 @@
     python -m tasks show NAME [--split S] [-n N] [--json]  # raw row, text pair, token ids
     python -m tasks vocab --tasks T [T ...] --size 8000 --out data/vocab/spiece.model
     python -m tasks reference > docs/reference.md          # every preprocessor, postprocessor, metric, objective
-    python -m tasks cache NAME [NAME ...] [--splits S ...] [--num-proc N] [--max-tokens T]   # offline token caches
+    python -m tasks cache NAME [NAME ...] [--splits S ...] [--num-proc N] [--max-tokens T] [key=value ...]
     python -m tasks cache --list [NAME ...]                # every cache folder: size, status, in use by a job
     python -m tasks cache --prune [NAME ...]               # remove the folders nothing uses (never one a job has open)
 
-Tasks of your own module: add `imports=[my_tasks]` or `--imports my_tasks` anywhere on the line.
+Tasks of your own module: add `imports=[my_tasks]` or `--imports my_tasks` anywhere on the line. `cache` and `show`
+take the run's defaults from configs/config.yaml and train.py's overrides (`data.sequence_length.inputs=512`), so
+the cache they build is the one `python train.py` with the same overrides reads (tasks/run_defaults.py).
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ def _unsupervised_examples(task, split: str, n: int, sequence_length: dict[str, 
         }
 
 
+def _sequence_length(args: argparse.Namespace) -> dict[str, int]:
+    """The run's sequence lengths (configs/config.yaml + key=value overrides); the length flags override them."""
+    from tasks.run_defaults import load_run_config, run_sequence_length
+
+    seq = run_sequence_length(load_run_config(args.overrides))
+    return {"inputs": args.inputs_length or seq["inputs"], "targets": args.targets_length or seq["targets"]}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from tasks import TaskRegistry
 
@@ -97,8 +107,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if task.supervised:
         examples = _supervised_examples(task, split, args.n)
     else:
-        length = {"inputs": args.inputs_length, "targets": args.targets_length}
-        examples = _unsupervised_examples(task, split, args.n, length)
+        examples = _unsupervised_examples(task, split, args.n, _sequence_length(args))
     for i, ex in enumerate(examples):
         if args.json:
             print(json.dumps(ex, ensure_ascii=False))
@@ -205,7 +214,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         return _cache_folders(args)
     if not args.names:
         raise TaskError("python -m tasks cache: name the task(s) to cache, or pass --list / --prune.")
-    length = {"inputs": args.inputs_length, "targets": args.targets_length}
+    length = _sequence_length(args)
     for name in args.names:
         task = TaskRegistry.get(name)
         for split in args.splits or ["train"]:
@@ -234,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per example: {"raw", "inputs", "targets", "inputs_ids", "targets_ids"}')
-    p.add_argument("--inputs-length", type=int, default=512, help="unsupervised tasks: encoder length")
-    p.add_argument("--targets-length", type=int, default=114, help="unsupervised tasks: decoder length")
+    p.add_argument("--inputs-length", type=int, default=None,
+                   help="unsupervised tasks: encoder length (default: data.sequence_length.inputs)")
+    p.add_argument("--targets-length", type=int, default=None,
+                   help="unsupervised tasks: decoder length (default: data.sequence_length.targets)")
     p.set_defaults(fn=cmd_show)
 
     p = sub.add_parser("vocab", help="train a SentencePiece vocabulary (T5 ids) on tasks' text")
@@ -265,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None,
                    help="stop at the first shard boundary with this many tokens (a corpus budget, e.g. C4)")
     p.add_argument("--shard-rows", type=int, default=20_000, help="raw rows per shard (the unit of resumption)")
-    p.add_argument("--inputs-length", type=int, default=512, help="corpus tasks: encoder length of the windows")
-    p.add_argument("--targets-length", type=int, default=114, help="corpus tasks: decoder length of the windows")
+    p.add_argument("--inputs-length", type=int, default=None,
+                   help="corpus tasks: encoder length of the windows (default: data.sequence_length.inputs)")
+    p.add_argument("--targets-length", type=int, default=None,
+                   help="corpus tasks: decoder length of the windows (default: data.sequence_length.targets)")
     p.set_defaults(fn=cmd_cache)
     return parser
 
@@ -281,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from tasks.run_defaults import split_overrides
+
+    overrides, argv = split_overrides(argv)  # key=value: the run's config (train.py's syntax)
     args = build_parser().parse_args(argv)
+    args.overrides = overrides
     datasets.disable_progress_bars()
     try:
         import_modules(modules)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mixtures import Mixture, MixtureDataset, MixtureError, MixtureRegistry, catalog
-from mixtures.__main__ import main, parse_overrides
+from mixtures.__main__ import main
 
 SEQ = {"inputs": 64, "targets": 16}
 
@@ -208,8 +208,11 @@ def test_cli_show_json_and_table(capsys):
     assert "temperature" in capsys.readouterr().err
     assert main(["list"]) == 0
     assert "all_mix" in capsys.readouterr().out
-    assert parse_overrides(["mixing.schedule.to.rate=equal", "mixing.max_examples=null"]) == {
-        "schedule": {"to": {"rate": "equal"}}, "max_examples": None}
+    # the overrides are train.py's (tasks.run_defaults): nested keys and null reach the mixing config
+    from tasks.run_defaults import load_run_config
+
+    cfg = load_run_config(["mixing.schedule.to.rate=equal", "mixing.max_examples=null"])
+    assert cfg.mixing.schedule.to.rate == "equal" and cfg.mixing.max_examples is None
 
 
 def test_cli_shows_a_catalog_mixture_offline_by_official_sizes(fresh_catalog, capsys, monkeypatch):

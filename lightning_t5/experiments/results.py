@@ -343,7 +343,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     rated = [r for r in results["rows"] if r.get("mixing_rates")]
     if rated:
         mix_tasks = list(dict.fromkeys(t for r in rated for t in r["mixing_rates"]))
-        lines += ["Share of training examples per task (the mixing rates each multi-task model was trained with):", "",
+        lines += ["Share of training examples per task (planned by the rates each multi-task model was trained "
+                  "with, at its own sequence lengths; each stage's metrics.json `shares` also has the shares it "
+                  "drew):", "",
                   "| row | " + " | ".join(mix_tasks) + " |", "|---|" + "---:|" * len(mix_tasks)]
         for r in rated:
             lines.append(f"| {r['label']} | " + " | ".join(f"{100 * r['mixing_rates'].get(t, 0.0):.1f}%"

@@ -264,10 +264,13 @@ def apply_overrides(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan, resolved: Mapping[str, Stage] | None = None
-                      ) -> None:
-    """Each multi-task row's share of training examples per task (what the mixing rate actually did);
-    `resolved`: stages whose weights were read from a file, with those weights."""
+def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan, resolved: Mapping[str, Stage] | None = None,
+                      results: Mapping[str, Mapping[str, Any]] | None = None,
+                      sequence_length: Mapping[str, int] | None = None) -> None:
+    """Each multi-task row's share of training examples per task: the planned shares its stage recorded in
+    `metrics.json` (`mixtures.shares.task_shares` at the run's own lengths, the numbers the run drew by); for a stage
+    without that record, the rates at the experiment's sequence lengths. `resolved`: stages whose weights were read
+    from a file, with those weights."""
     from mixtures import MixingConfig, MixtureRegistry
 
     plan_rows = {r.key: r for r in plan.rows}
@@ -281,9 +284,15 @@ def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan, resolved: Map
         stage = (resolved or {}).get(name) or plan.stage(name)
         if stage.role != "multitask":
             continue
+        recorded = (((results or {}).get(stage.name) or {}).get("shares") or {}).get("planned", {}).get("examples")
+        if recorded:
+            row["mixing_rates"] = {k: float(v) for k, v in recorded.items()}
+            continue
         try:
             mix = MixtureRegistry.get(stage.mixture)
-            row["mixing_rates"] = {k: float(v) for k, v in mix.rates(mixing=MixingConfig(**dict(stage.mixing))).items()}
+            mixing = MixingConfig.from_dict(dict(stage.mixing))
+            row["mixing_rates"] = {k: float(v) for k, v in mix.rates(mixing=mixing,
+                                                                     sequence_length=sequence_length).items()}
         except Exception as err:  # rates are informative only; never fail the results over them
             log.warning("could not compute the mixing rates of %s: %s", stage.name, err)
 
@@ -421,7 +430,9 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
                           include_paper=bool(experiment_block(cfg).get("paper", True)),
                           metric_fns=_metric_fns(list(plan.tasks)))
     if register:
-        _add_mixing_rates(table, full, resolved)
+        seq = OmegaConf.select(cfg, "data.sequence_length")
+        _add_mixing_rates(table, full, resolved, results,
+                          {k: int(v) for k, v in seq.items()} if seq is not None else None)
     table["compute_stages"] = {s.name: results[s.name].get("summary") for s in full.stages
                                if s.compute and s.name in results}  # e.g. the search's regressor and its choice
     table["stage_weights"] = {name: dict(st.mixing.get("weights") or {}) for name, st in resolved.items()

@@ -11,6 +11,9 @@
   there at once; a second Ctrl-C stops at once, and the run resumes from its last checkpoint.
 - `StepCheckpoint` is a `ModelCheckpoint` that keeps `last.ckpt` plus one file every N steps, and also saves at
   `max_steps` when that is not a multiple of N (so a finished run can always be resumed or exported).
+- `MixingMonitor` feeds an adaptive mixing method each step's per-task losses (summed over ranks) and records each
+  task's share per block (`mixing.adaptive_every` steps): planned by the rate stages, drawn by the sampler, logged to
+  TensorBoard and CSV, kept in `run_dir/mixing.json` and plotted in `run_dir/mixing_shares.png`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
@@ -34,8 +38,10 @@ from pytorch_lightning.trainer.states import TrainerFn
 from lightning_t5.dist.checkpoint import find_last_checkpoint
 from lightning_t5.errors import RunInterrupted
 from lightning_t5.train.setup import write_text_durably
+from mixtures.stages import write_run_file
 
-__all__ = ["TrainLog", "TrainProgressBar", "RngState", "StepCheckpoint", "InterruptCheckpoint", "count_tokens"]
+__all__ = ["TrainLog", "TrainProgressBar", "RngState", "StepCheckpoint", "InterruptCheckpoint", "MixingMonitor",
+           "count_tokens", "plot_shares"]
 
 log = logging.getLogger(__name__)
 
@@ -361,3 +367,140 @@ class InterruptCheckpoint(Callback):
         if not self.aborted:
             return None
         return RunInterrupted(find_last_checkpoint(self.dirpath.parent), step, self.dirpath.parent, saved=False)
+
+
+class MixingMonitor(Callback):
+    """The mixing side of each training step: an adaptive method's input, and each task's share per block.
+
+    After every step (`on_train_batch_end`, before any checkpoint callback writes the step): under `mixing.adaptive`
+    the module's per-task loss sums and token counts (summed over ranks) go to the sampler's adaptive method
+    (`MixtureDataset.observe`), whose proposal becomes the stage of the block after next; in a multi-process run the
+    ranks check that they appended the same stage. At the end of every block of `every` sampler steps (and at the end
+    of training) the block's planned shares (the stage at its first step) and drawn shares (examples and tokens the
+    sampler built, summed over ranks) are logged to every logger (`mixing/planned/<task>`, `mixing/drawn/<task>`,
+    `mixing/drawn_tokens/<task>`) and written, with the stage list, to `run_dir/mixing.json`. The per-block record
+    is part of the checkpoint, so a resumed run's record and plot cover the whole run.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, every: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.every = int(every)
+        self.blocks: list[dict[str, Any]] = []
+        self._totals: dict[str, list[int]] | None = None  # examples/tokens drawn over all ranks at the last block end
+        self._end = 0  # sampler step of the last recorded block end
+
+    @staticmethod
+    def _dataset(trainer: pl.Trainer) -> Any:
+        return getattr(getattr(trainer, "datamodule", None), "train_dataset", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"blocks": self.blocks, "totals": self._totals, "end": self._end}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.blocks = list(state.get("blocks", []))
+        self._totals = state.get("totals")
+        self._end = int(state.get("end", 0))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ds = self._dataset(trainer)
+        pl_module.collect_task_losses = ds is not None and getattr(ds, "adaptive", None) is not None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        ds = self._dataset(trainer)
+        if ds is None:
+            return
+        if ds.adaptive is not None:
+            if pl_module.last_task_losses is None:
+                raise RuntimeError("adaptive mixing: the module computed no per-task losses for this step.")
+            sums, counts = (t.detach().double().cpu().numpy() for t in pl_module.last_task_losses)
+            stage = ds.observe(batch_idx, sums, counts)
+            if stage is not None and trainer.world_size > 1:
+                self._check_same_stage(trainer, stage)
+        if (batch_idx + 1) % self.every == 0:
+            self._record_block(trainer, ds, batch_idx + 1)
+
+    def _check_same_stage(self, trainer: pl.Trainer, stage: Any) -> None:
+        mine = [stage.start, stage.shares.tolist()]
+        first = trainer.strategy.broadcast(mine, src=0)
+        if first != mine:
+            raise RuntimeError(f"adaptive mixing: rank {trainer.global_rank} proposed {mine} but rank 0 proposed "
+                               f"{first}; every rank must use the same stages.")
+
+    def _drawn_totals(self, trainer: pl.Trainer, ds: Any, device: Any) -> dict[str, list[int]]:
+        """Examples and tokens built per task so far, summed over all ranks (collective)."""
+        drawn = ds.drawn()
+        names = ds.task_names
+        local = torch.tensor([[drawn[n]["examples"] for n in names], [drawn[n]["tokens"] for n in names]],
+                             dtype=torch.int64, device=device)
+        total = trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local
+        return {"examples": total[0].tolist(), "tokens": total[1].tolist()}
+
+    def _record_block(self, trainer: pl.Trainer, ds: Any, end: int) -> None:
+        totals = self._drawn_totals(trainer, ds, trainer.strategy.root_device)
+        before = self._totals or {"examples": [0] * len(ds.task_names), "tokens": [0] * len(ds.task_names)}
+        ex = np.asarray(totals["examples"]) - np.asarray(before["examples"])
+        tok = np.asarray(totals["tokens"]) - np.asarray(before["tokens"])
+        start = self._end
+        planned = ds.stages.latest(start)
+        names = ds.task_names
+        row = {"start_step": start, "end_step": end,
+               "planned": dict(zip(names, planned.tolist())),
+               "drawn": dict(zip(names, (ex / max(ex.sum(), 1)).tolist())),
+               "drawn_tokens": dict(zip(names, (tok / max(tok.sum(), 1)).tolist())),
+               "examples": dict(zip(names, ex.tolist())), "tokens": dict(zip(names, tok.tolist()))}
+        self.blocks.append(row)
+        self._totals, self._end = totals, end
+        if trainer.is_global_zero:
+            metrics = {}
+            for key in ("planned", "drawn", "drawn_tokens"):
+                metrics.update({f"mixing/{key}/{n}": float(v) for n, v in row[key].items()})
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            self.write(ds)
+
+    def write(self, ds: Any) -> None:
+        """`run_dir/mixing.json`: the stage list, the adaptive method and every recorded block (rank 0)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_file(self.run_dir, {
+            "task_names": list(ds.task_names), "every": self.every,
+            "adaptive": ds.adaptive.name if ds.adaptive is not None else None,
+            "stages": ds.stages.listing(), "blocks": self.blocks})
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ds = self._dataset(trainer)
+        if ds is None:
+            return
+        done = int(trainer.global_step) * int(trainer.accumulate_grad_batches)
+        if done > self._end:  # the last, partial block
+            self._record_block(trainer, ds, done)
+        if trainer.is_global_zero and self.blocks:
+            self.write(ds)
+            plot_shares(self.blocks, self.run_dir / "mixing_shares.png")
+
+
+def plot_shares(blocks: list[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+    """Each task's share over training, one point per block: planned (solid lines, the rate stages) and drawn
+    (dots, the examples the sampler built)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(blocks[0]["planned"])
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    x = [b["start_step"] for b in blocks] + [blocks[-1]["end_step"]]
+    mid = [(b["start_step"] + b["end_step"]) / 2 for b in blocks]
+    for i, name in enumerate(names):
+        color = f"C{i % 10}"
+        planned = [b["planned"][name] for b in blocks]
+        ax.step(x, planned + planned[-1:], where="post", color=color, label=name)
+        ax.plot(mid, [b["drawn"][name] for b in blocks], "o", color=color, markersize=3, alpha=0.7)
+    ax.set_xlabel("sampler step")
+    ax.set_ylabel("share of examples")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "task shares per block: planned (lines) and drawn (dots)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -29,6 +29,7 @@ from lightning_t5.eval.truncation import report_for_run
 from lightning_t5.model.t5 import T5
 from lightning_t5.train.setup import RunSetup, plain, resolve_run_config, write_text_durably
 from mixtures import MixtureError
+from mixtures.shares import render_shares_markdown
 
 if TYPE_CHECKING:
     from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog
@@ -87,7 +88,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     cfg = resolve_run_config(cfg, overrides)
     check_sharding_config(cfg)
     setup = RunSetup(cfg)  # every data-free check: a mistake stops here, before any directory or data work
-    from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
+    from lightning_t5.train.callbacks import InterruptCheckpoint, MixingMonitor, TrainLog  # Lightning: after checks
     from lightning_t5.dist.rank_agreement import RankAgreement
 
     datamodule = _build_datamodule(cfg, setup)
@@ -101,7 +102,8 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
     interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
     agreement = RankAgreement(int(cfg.seed), setup.vocab_fingerprint)  # ranks agree on seed, rates, data, batch
-    trainer = _build_trainer(cfg, [train_log, interrupt, agreement, *callbacks], train_log,
+    mixing = MixingMonitor(Path(cfg.run_dir), every=int(cfg.mixing.adaptive_every))  # before any checkpoint is written
+    trainer = _build_trainer(cfg, [mixing, train_log, interrupt, agreement, *callbacks], train_log,
                              evaluates=bool(setup.eval_tasks))
     created = _create_run_dir(trainer, cfg)
     try:
@@ -112,6 +114,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         raise
     after = _evaluate(trainer, module, datamodule)
     result = _result(cfg, trainer, train_log, before, after, start, truncation)
+    result["shares"] = datamodule.shares_record()  # planned and drawn, per task (collective: every rank)
     export_state = full_state_dict(module.model) if cfg.export_hf else None  # collective under FSDP: every rank
     if trainer.is_global_zero:
         _write_outputs(cfg, module, result, before, after, setup.model_config, export_state, setup.vocabulary)
@@ -308,6 +311,7 @@ def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before:
     write_predictions(run_dir, after)
     write_json(run_dir / "metrics.json", result)
     text = render_run_results(cfg, result, with_before=before is not None)
+    text += "\n" + render_shares_markdown(result.get("shares") or {})
     (run_dir / "results.md").write_text(text)
     print("\n" + text + "\n")
     print(f"run directory: {run_dir}")

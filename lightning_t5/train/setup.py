@@ -23,6 +23,7 @@ from lightning_t5.model.fused import resolve_backend
 from lightning_t5.train.schedules import lr_lambda
 from lightning_t5.train.schema import to_run_config, validate_config
 from mixtures import MixingConfig, MixtureRegistry, with_objective
+from mixtures.adaptive import check_adaptive
 from tasks import TaskRegistry
 
 __all__ = ["RESUME_ACCEPTS", "RunSetup", "load_resume_config", "plain", "prepare_config", "resolve_run_config",
@@ -268,8 +269,9 @@ class RunSetup:
 
     def _check_mixing(self) -> Any:
         """`mixing.*` as the training data will use it (MixtureError on T <= 0, K < 0, unknown rate...)."""
-        mixing = {k: v for k, v in dict(plain(self.cfg.mixing)).items() if v is not None}
-        return MixingConfig.from_dict(mixing)
+        mixing = MixingConfig.from_dict({k: v for k, v in dict(plain(self.cfg.mixing)).items() if v is not None})
+        check_adaptive(mixing)  # mixing.adaptive names a registered method, adaptive_options its options
+        return mixing
 
     def _check_eval_tasks(self) -> list[str]:
         """`eval.tasks` names registered tasks (TaskError with suggestions otherwise)."""
