@@ -53,6 +53,7 @@ import copy
 import hashlib
 import itertools
 import logging
+import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,6 +243,12 @@ _POOL_DATASET: list[Any] = []
 
 
 def _pool_init(key: int) -> None:
+    """A forked materialize worker: one thread, its dataset, and signal handling of its own. The fork inherits the
+    training process's handlers: Lightning's SIGTERM handler logs and returns, so `pool.terminate()` (SIGTERM) would
+    not end the worker and `pool.join()` would wait forever at the end of a run; the terminal's Ctrl-C is the
+    training process's to handle (it saves a checkpoint), not the workers'."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _POOL_DATASET[:] = [_POOLED[key]]
 
