@@ -120,7 +120,7 @@ def test_readme_task_registration_and_check_command(user_dir: Path, shadow_dir: 
 def test_readme_train_on_my_mixture_and_strategy_comparison(user_dir: Path, shadow_dir: Path,
                                                             tmp_path: Path) -> None:
     """Step 2 (train on the user's mixture) and step 4 (the strategy comparison on the user's tasks), shrunk."""
-    train = readme_command("python train.py imports=[my_tasks] mixture=my_mix")
+    train = readme_command("python train.py imports=[my_tasks] mixture=my_mix ")
     train = [a for a in train if not a.startswith("trainer.max_steps")]
     run([*train, *SHRINK, "trainer.max_steps=4", f"output_dir={tmp_path}", "run_name=mine"], user_dir, shadow_dir)
     metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())
