@@ -253,6 +253,24 @@ def _pool_init(key: int) -> None:
     _POOL_DATASET[:] = [_POOLED[key]]
 
 
+def _close_pool(pool: Any, pending: list, wait_s: float = 60.0) -> None:
+    """End a materialize pool whose stream stopped, possibly with batches still in flight (a closed generator).
+
+    ``Pool.terminate()`` with results outstanding races its own result-handler thread (CPython raises "Cannot have
+    cache with result_hander not alive" and leaves the workers running, so ``join()`` never returns). The in-flight
+    batches (at most two per worker) are awaited first, so the pool's cache is empty when it is terminated; a worker
+    that died leaves its result unanswered, and after ``wait_s`` the workers are ended directly.
+    """
+    for result in pending:
+        result.wait(wait_s)
+    try:
+        pool.terminate()
+    except AssertionError:  # the race above, when a result never came back
+        for proc in pool._pool:
+            proc.kill()
+    pool.join()
+
+
 def _pool_materialize(plan: Any, pass_: int) -> tuple[dict[str, torch.Tensor], int, int, int, np.ndarray]:
     """A pool worker: one planned batch's tokens, and the counters materializing it adds."""
     ds = _POOL_DATASET[0]
@@ -604,8 +622,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                     self._log_stats()
                 yield batch
         finally:
-            pool.terminate()
-            pool.join()
+            _close_pool(pool, [p[0] for p in pending])
             _POOLED.pop(id(self), None)
         self._last = cursor
         self._cursor = None

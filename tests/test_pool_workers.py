@@ -1,6 +1,8 @@
-"""The batch-building pool (`MixtureDataset(num_workers=N)`) ends when training ends, whatever handlers the
-training process installed: Lightning's SIGTERM handler logs and returns, and the forked workers inherit it, so
-`pool.terminate()` did not end them and `pool.join()` hung at the end of a run (seen in 1 of 8 resumes)."""
+"""The batch-building pool (`MixtureDataset(num_workers=N)`) ends when its stream is closed mid-way, whatever
+handlers the training process installed. Two ways it hung at the end of a run: the forked workers inherited
+Lightning's SIGTERM handler (log and return), so `pool.terminate()` did not end them (1 of 8 resumes); and
+`terminate()` with batches still in flight races the pool's result-handler thread ("Cannot have cache with
+result_hander not alive"), leaving the workers running (3 of 4 runs of this test before the fix)."""
 
 from __future__ import annotations
 

@@ -363,7 +363,7 @@ def test_readme_explicit_weights_command(user_dir: Path, shadow_dir: Path) -> No
 def test_readme_train_on_my_mix_and_strategy_comparison(user_dir: Path, shadow_dir: Path, tmp_path: Path) -> None:
     """"Your own tasks: more" (train on the mixture with the generation task) and the strategy comparison of
     "Experiments on your own tasks", shrunk."""
-    train = readme_command("python $LT5/train.py imports=[my_tasks] mixture=my_mix")
+    train = readme_command("python $LT5/train.py imports=[my_tasks] mixture=my_mix ")
     train = [a for a in train if not a.startswith("trainer.max_steps")]
     run([*train, *SHRINK, "trainer.max_steps=4", f"output_dir={tmp_path}", "run_name=mine"], user_dir, shadow_dir)
     metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())

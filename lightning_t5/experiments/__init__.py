@@ -12,12 +12,15 @@ dispatch to `run_experiment(cfg)`. See docs/experiments.md for a walk-through.
 * `doremi`, `search` — `experiment=doremi_small` (reference, Group DRO proxy, main model on the averaged weights) and
   `experiment=mixing_search_small` (RegMix-style proxies, regressor, top-k average): planners registered as experiment
   kinds (`plan.register_kind`), the search's sampling and regression as compute stages (`plan.register_compute`).
+* `methods` — `experiment=mixing_methods_small`: static rates, UniMax, ODM, DoReMi's and the search's weights as the
+  rows of one table, sharing the stages the methods allow.
 """
 
 from __future__ import annotations
 
 from .paper import PAPER_CITATION, TABLE_11, TABLE_12
 from .doremi import plan_doremi
+from .methods import plan_methods
 from .plan import (
     STRATEGIES,
     ComputeContext,
@@ -54,6 +57,7 @@ __all__ = [
     "resolve_stage",
     "plan_doremi",
     "plan_search",
+    "plan_methods",
     "build_results",
     "render_markdown",
     "write_results",

@@ -28,6 +28,9 @@ from .significance import add_statistics, average_names
 # Full benchmark sizes (tasks that enter the paper's average) to say whether our average covers the benchmark.
 BENCHMARK_TASK_COUNTS = {"glue": 8, "super_glue": 8}
 BENCHMARK_NAMES = {"glue": "GLUE", "super_glue": "SGLUE", "overall": "overall"}
+_KIND_TITLES = {"strategies": "Training strategies (T5 Table 12)", "mixing_sweep": "Mixing strategies (T5 Table 11)",
+                "doremi": "Mixing weights from DoReMi", "mixing_search": "Mixing weights from a search",
+                "mixing_methods": "Mixing methods: static, UniMax, ODM, DoReMi, search"}
 
 
 def _bench_name(bench: str) -> str:
@@ -322,7 +325,7 @@ def _cell(row: Mapping[str, Any], kind: str, key: Any, human: bool) -> Any:
 
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The results table in Markdown, with the budget, the paper comparison note and the citation."""
-    kind = "Training strategies (T5 Table 12)" if results["kind"] == "strategies" else "Mixing strategies (T5 Table 11)"
+    kind = _KIND_TITLES.get(results["kind"], "Mixing strategies (T5 Table 11)")
     lines = [f"# {results['experiment']}: {kind}", ""]
     if results.get("description"):
         lines += [results["description"], ""]
@@ -351,6 +354,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             lines.append(f"| {r['label']} | " + " | ".join(f"{100 * r['mixing_rates'].get(t, 0.0):.1f}%"
                                                            for t in mix_tasks) + " |")
         lines.append("")
+    over_time = results.get("weights_over_training") or {}
+    if over_time:
+        lines += [f"Shares over training: `{SHARES_PLOT}` next to this file plots every row's planned and drawn shares "
+                  "per block (from each stage's `mixing.json`; `weights_over_training` in results.json lists the rate "
+                  "stages): " + "; ".join(f"{v['label']}: {len(v['stages'])} stage(s)" for v in over_time.values())
+                  + ".", ""]
     counts = results["rows"][0]["average_task_counts"] if results["rows"] else {}
     parts = [f"{_bench_name(b)} avg over {c} task(s)" for b, c in counts.items()]
     if parts:
@@ -592,7 +601,7 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     ax.set_xticks(xs)
     ax.set_xticklabels([r["label"] for r in rows], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("score (0-100)")
-    title = "training strategies (T5 Table 12)" if results["kind"] == "strategies" else "mixing rates (T5 Table 11)"
+    title = _KIND_TITLES.get(results["kind"], "mixing rates (T5 Table 11)")
     ax.set_title(f"{results['experiment']}: {title}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -613,5 +622,87 @@ def write_results(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+# ----------------------------------------------------------------------------------- the weights over training
+SHARES_PLOT = "mixing_shares.png"
+
+
+def row_shares(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, Any]],
+               experiment_dir: Path) -> dict[str, dict[str, Any]]:
+    """The weights over training of every row evaluated by one multi-task model (its first seed's): the stage list
+    and the per-block planned and drawn shares that its training run kept in `mixing.json` (what the run's own
+    `mixing_shares.png` plots). Rows fine-tuned per task, and stages not finished or without the file, are left
+    out. Static rates have one stage (flat lines), an adaptive method a stage per block, weights read from a file
+    (DoReMi, a search) one stage of those weights."""
+    from mixtures.errors import MixtureError  # lazily: the mixtures package loads torch
+    from mixtures.stages import read_run_file
+
+    out: dict[str, dict[str, Any]] = {}
+    for r in plan.rows:
+        names = set(r.eval_stage.values())
+        if len(names) != 1:
+            continue
+        stage = plan.stage(names.pop())
+        if stage.name not in stage_results or len(stage.tasks) < 2:
+            continue
+        try:
+            record = read_run_file(Path(experiment_dir) / stage.run_dir)
+        except (MixtureError, OSError, ValueError):
+            continue
+        if not record.get("blocks"):
+            continue
+        out[r.key] = {"label": r.label, "stage": stage.name, "adaptive": record.get("adaptive"),
+                      "every": record.get("every"), "task_names": list(record["task_names"]),
+                      "stages": list(record["stages"]), "blocks": list(record["blocks"])}
+    return out
+
+
+def plot_row_shares(shares: Mapping[str, Mapping[str, Any]], path: Path, title: str = "") -> Path | None:
+    """One panel per row (`row_shares`): each task's planned share per block (lines: the rate stages the sampler
+    drew by) and the share it drew (dots), over the training steps, the same colour for a task in every panel.
+    Returns the path, or None when no row has a record."""
+    if not shares:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(t for rec in shares.values() for t in rec["task_names"]))
+    colour = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+    cols = 2 if len(shares) > 1 else 1
+    nrows = -(-len(shares) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 2.6 * nrows + 0.8), sharey=True, squeeze=False)
+    top = max(max(b["planned"].get(t, 0.0) for b in rec["blocks"] for t in rec["task_names"])
+              for rec in shares.values())
+    for ax, (key, rec) in zip(axes.flat, shares.items()):
+        blocks = rec["blocks"]
+        x = [b["start_step"] for b in blocks] + [blocks[-1]["end_step"]]
+        mid = [(b["start_step"] + b["end_step"]) / 2 for b in blocks]
+        for t in rec["task_names"]:
+            planned = [b["planned"][t] for b in blocks]
+            ax.step(x, planned + planned[-1:], where="post", color=colour[t], linewidth=1.4)
+            ax.plot(mid, [b["drawn"][t] for b in blocks], "o", color=colour[t], markersize=2.5, alpha=0.6)
+        changes = sum(1 for s in rec["stages"] if s["start_step"] < blocks[-1]["end_step"]) - 1
+        note = f" ({rec['adaptive']}: {changes} stage changes)" if rec.get("adaptive") else ""
+        ax.set_title(f"{rec['label']}{note}", fontsize=8)
+        ax.set_ylim(0, min(1.0, top * 1.15 + 0.02))
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(shares):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of examples", fontsize=8)
+    handles = [plt.Line2D([], [], color=colour[t], label=t) for t in tasks]
+    handles += [plt.Line2D([], [], color="grey", label="planned (rate stages)"),
+                plt.Line2D([], [], color="grey", marker="o", linestyle="", markersize=3, label="drawn, per block")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=min(len(handles), 4), frameon=False)
+    fig.suptitle(title or "task shares over training, per row", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(handles) > 4), 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 __all__ = ["build_results", "compare_ordering", "render_markdown", "write_csv", "plot_results", "write_results",
-           "TABLE_11", "TABLE_12"]
+           "row_shares", "plot_row_shares", "SHARES_PLOT", "TABLE_11", "TABLE_12"]

@@ -18,8 +18,9 @@ Reuse rules (so an experiment can be interrupted, extended or re-run at no extra
   in this process once the stages in `Stage.after` have finished, and its `result.json` marks it finished.
 
 The experiment folder is `<output_dir>/<experiment_options.run_name or experiment name>/` with `stages/<stage>/`
-(one `fit` run each), `plan.json`, `results.{md,csv,json,png}` and `orchestrator/` (the stage locks of the running
-orchestrator and the job ids of submitted stages: `lightning_t5.experiments.orchestration`).
+(one `fit` run each), `plan.json`, `results.{md,csv,json,png}`, `mixing_shares.png` (the weights over training of
+every row evaluated by one multi-task model, from its stage's `mixing.json`) and `orchestrator/` (the stage locks of
+the running orchestrator and the job ids of submitted stages: `lightning_t5.experiments.orchestration`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from lightning_t5.train.experiment_options import ExperimentOptions
 from lightning_t5.train.mixing_weights import read_weights
 from .plan import (ComputeContext, ExperimentConfigError, ExperimentPlan, Stage, compute_function, experiment_block,
                    fingerprint, make_plan, weights_source)
-from .results import build_results, write_results
+from .results import SHARES_PLOT, build_results, plot_row_shares, row_shares, write_results
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +444,13 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
         if at and times.get("reused") and at[0] >= started:
             stage_times[name] = {"start": at[0], "end": at[1], "reused": False}
     table["stage_times"] = stage_times  # start/end (unix s) of the stages run now; reused ones are marked
+    shares = row_shares(full, results, out)  # each multi-task row's weights over training, from its mixing.json
+    table["weights_over_training"] = {k: {key: v[key] for key in ("label", "stage", "adaptive", "stages")}
+                                      for k, v in shares.items()}
     if rank_zero:
         table["files"] = {k: str(v) for k, v in write_results(table, out).items()}
+        plotted = plot_row_shares(shares, out / SHARES_PLOT, f"{plan.name}: task shares over training, per row")
+        if plotted is not None:
+            table["files"]["shares_png"] = str(plotted)
         print(f"[experiment {plan.name}] results in {out}/results.md", flush=True)
     return table
