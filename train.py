@@ -85,8 +85,9 @@ def main(cfg: DictConfig) -> float | None:
                      "the stage had no checkpoint yet and starts again")
             print(f"interrupted at step {stop.step} of stage {stop.run_dir}; {where}.\nResume with the same command: "
                   f"python train.py {' '.join(sys.argv[1:])}", file=sys.stderr)
-        else:
-            print(stop, file=sys.stderr)
+        else:  # the resume line names this script as it was started, so it works where the user typed the first
+            command = stop.resume_command(sys.argv[0])
+            print(stop.summary + (f"\nResume with: {command}" if command else ""), file=sys.stderr)
         sys.exit(130)
 
 

@@ -41,6 +41,19 @@ class RunInterrupted(Exception):
         else:
             message = (f"stopped at step {self.step} by a second Ctrl-C, before any checkpoint was written: there is "
                        f"nothing to resume; start the run again.")
-        if self.checkpoint is not None:
-            message += f"\nResume with: python train.py resume={self.run_dir}"
-        super().__init__(message)
+        self.summary = message
+        command = self.resume_command()
+        super().__init__(message + (f"\nResume with: {command}" if command else ""))
+
+    def resume_command(self, script: str | os.PathLike = "train.py") -> str | None:
+        """The command that resumes this run, with `script` as the training script's path (`train.py` passes the path
+        it was started with, so the line works where the user typed the first one); the run directory is relative
+        to the working directory when it lies below it. None when there is nothing to resume."""
+        if self.checkpoint is None:
+            return None
+        run_dir = self.run_dir.absolute()
+        try:
+            run_dir = run_dir.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        return f"python {script} resume={run_dir}"
