@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import KVCache, T5Attention, combine_bias_and_mask, position_bias, to_autocast_dtype
+from .attention import KVCache, T5Attention, combine_bias_and_mask, relative_bias, to_autocast_dtype
 from .config import T5Config
 from .fused import PORTABLE_BACKEND, Dropout, Linear, gelu_tanh_mul, linear, make_rms_norm, resolve_backend
 from .losses import LossOutput, hf_cross_entropy, masked_cross_entropy
@@ -291,19 +291,21 @@ class T5(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder hidden states [B, L, d]. Packed rows: `segment_ids` (0 = padding); HF-style: `attention_mask`."""
-        device, length = input_ids.device, input_ids.shape[1]
-        if positions is None:
-            positions = (positions_from_segments(segment_ids) if segment_ids is not None
-                         else torch.arange(length, device=device)[None])
-        bias = position_bias(self.encoder.relative_attention_bias, positions, positions, bidirectional=True,
-                             cfg=self.config)
+        """Encoder hidden states [B, L, d]. Packed rows: `segment_ids` (0 = padding); HF-style: `attention_mask`.
+
+        `positions` (seqio's per-segment positions) are accepted and not needed: the bias is that of the index
+        difference, which equals the position difference for every pair the segment mask keeps (module docstring
+        of `lightning_t5.model.attention`)."""
+        del positions
+        length = input_ids.shape[1]
+        bias = relative_bias(self.encoder.relative_attention_bias, length, length, bidirectional=True,
+                             cfg=self.config, device=input_ids.device)
         keep = None
         if segment_ids is not None:
             keep = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
         elif attention_mask is not None:
             keep = attention_mask.bool()[:, None, None, :]
-        mask = combine_bias_and_mask(bias, keep, self._compute_dtype(device))
+        mask = combine_bias_and_mask(bias, keep, self._compute_dtype(input_ids.device))
         hidden, _ = self.encoder(self.shared(input_ids), mask)
         return hidden
 
@@ -324,20 +326,18 @@ class T5(nn.Module):
                segment_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                encoder_segment_ids: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder hidden states (teacher forcing) [B, Lt, d]: causal, segment-restricted self-attention."""
+        """Decoder hidden states (teacher forcing) [B, Lt, d]: causal, segment-restricted self-attention.
+        `positions`: as in `encode`, accepted and not needed."""
+        del positions
         device, length = decoder_input_ids.device, decoder_input_ids.shape[1]
-        if positions is None:
-            positions = (positions_from_segments(segment_ids) if segment_ids is not None
-                         else torch.arange(length, device=device)[None])
-        bias = position_bias(self.decoder.relative_attention_bias, positions, positions, bidirectional=False,
-                             cfg=self.config)
+        bias = relative_bias(self.decoder.relative_attention_bias, length, length, bidirectional=False,
+                             cfg=self.config, device=device)
         keep = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
         if segment_ids is not None:
             keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
         if decoder_attention_mask is not None:
             keep = keep & decoder_attention_mask.bool()[:, None, None, :]
-        dtype = self._compute_dtype(device)
-        self_mask = combine_bias_and_mask(bias, keep, dtype)
+        self_mask = combine_bias_and_mask(bias, keep, self._compute_dtype(device))
         cross_mask = self.cross_attention_mask(device, segment_ids, encoder_segment_ids, encoder_attention_mask)
         hidden, _ = self.decoder(self.shared(decoder_input_ids), self_mask, encoder_hidden, cross_mask)
         return hidden
