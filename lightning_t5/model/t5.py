@@ -12,6 +12,7 @@ loads with no renaming (`lightning_t5.model.hf`). Two calling conventions:
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -24,6 +25,20 @@ from .attention import KVCache, T5Attention, combine_bias_and_mask, relative_bia
 from .config import T5Config
 from .fused import PORTABLE_BACKEND, Dropout, Linear, gelu_tanh_mul, linear, make_rms_norm, resolve_backend
 from .losses import LossOutput, hf_cross_entropy, masked_cross_entropy
+
+logger = logging.getLogger("lightning_t5.model")
+
+COMPILE_MODES = ("model", "block")
+#: What `model.compile=true` compiles, per device type: the faster of the two in `bench/model.py --compile-modes
+#: model,block` (which prints both and whether this table still names the faster one). CPU, T5.1.1-small
+#: 8 x (512 + 114) fp32: see BEST_COMPILE_MODE_MEASURED.
+BEST_COMPILE_MODE = {"cpu": "model", "cuda": "model"}
+
+
+def best_compile_mode(device_type: str) -> str:
+    """`BEST_COMPILE_MODE` for `device_type` ("model" for device types that were not measured)."""
+    return BEST_COMPILE_MODE.get(device_type, "model")
+
 
 SEQIO_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
                 "encoder_positions", "decoder_positions")
@@ -144,10 +159,18 @@ class T5Block(nn.Module):
         layers.append(T5LayerFF(cfg, backend))
         self.layer = nn.ModuleList(layers)
         self.is_decoder = is_decoder
+        self.compiled_body: Any = None  # set by T5.enable_compile("block"); used by training forwards only
 
     def forward(self, x: torch.Tensor, self_mask: torch.Tensor | None, encoder_hidden: torch.Tensor | None = None,
                 cross_mask: torch.Tensor | None = None, cache: LayerCache | None = None
                 ) -> tuple[torch.Tensor, LayerCache]:
+        if cache is None and self.compiled_body is not None and self.training:
+            return self.compiled_body(x, self_mask, encoder_hidden, cross_mask)  # per-block compilation
+        return self.body(x, self_mask, encoder_hidden, cross_mask, cache)
+
+    def body(self, x: torch.Tensor, self_mask: torch.Tensor | None, encoder_hidden: torch.Tensor | None = None,
+             cross_mask: torch.Tensor | None = None, cache: LayerCache | None = None
+             ) -> tuple[torch.Tensor, LayerCache]:
         self_past, cross_past = cache if cache is not None else (None, None)
         x, self_kv = self.layer[0](x, self_mask, past=self_past)
         cross_kv = None
@@ -204,9 +227,12 @@ class T5(nn.Module):
         self.decoder = T5Stack(cfg, self.backend, is_decoder=True)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.d_model, cfg.vocab_size)
         self.reset_parameters()
-        if cfg.compile:
-            for block in (*self.encoder.block, *self.decoder.block):
-                block.compile()
+        self.compile_mode: str | None = None  # "model" | "block" once compiled (see enable_compile)
+        self._compile_request: str | None = None
+        self._compiled_stacks: Any = None
+        self.compile_count = 0  # graphs compiled so far (each new input shape compiles again)
+        if cfg.compile is True:
+            self.enable_compile()
 
     # -- construction -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -275,6 +301,42 @@ class T5(nn.Module):
         model.load_state_dict({k.replace("._orig_mod", ""): v for k, v in state.items()})
         return model.eval()
 
+    # -- compilation --------------------------------------------------------------------------------------------
+    def enable_compile(self, mode: str | None = None) -> None:
+        """torch.compile the training forward: `mode` "model" (encoder and decoder, masks and bias included, as one
+        graph) or "block" (each block on its own; what FSDP2 shards), None = `best_compile_mode` for the device of
+        the first training batch. Compilation happens at that first training forward, and only training forwards
+        (`model.train()`) run compiled code: evaluation and generation, whose shapes vary, stay eager, so a run
+        compiles once per distinct training batch shape (`compile_count`; fixed for packed and padded batches of
+        the data pipeline). Parameter names and the state dict are unchanged. The loss after the decoder (the
+        gather of weighted positions, whose count varies, the output projection and the cross-entropy) runs
+        eagerly in both modes."""
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r} is not valid: expected one of {list(COMPILE_MODES)}.")
+        self._compile_request = mode or "best"
+
+    def _count_compile(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        """The inductor backend, counting (and logging) every graph it compiles."""
+        from torch._inductor.compile_fx import compile_fx
+
+        self.compile_count += 1
+        shapes = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() >= 2][:2]
+        logger.info("torch.compile (%s): graph %d compiled (inputs %s)", self.compile_mode, self.compile_count,
+                    shapes)
+        return compile_fx(gm, example_inputs)
+
+    def _apply_compile(self, device: torch.device) -> None:
+        mode = self._compile_request
+        self._compile_request = None
+        if mode == "best":
+            mode = best_compile_mode(device.type)
+        self.compile_mode = mode
+        if mode == "model":
+            self._compiled_stacks = torch.compile(self._stacks, backend=self._count_compile)
+        else:
+            for block in (*self.encoder.block, *self.decoder.block):
+                block.compiled_body = torch.compile(block.body, backend=self._count_compile)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -289,6 +351,35 @@ class T5(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=getattr(torch, self.config.autocast_dtype))
 
+    def encoder_mask(self, length: int, device: torch.device, segment_ids: torch.Tensor | None = None,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's additive self-attention mask with the relative bias folded in, [B|1, H, L, L]."""
+        bias = relative_bias(self.encoder.relative_attention_bias, length, length, bidirectional=True,
+                             cfg=self.config, device=device)
+        keep = None
+        if segment_ids is not None:
+            keep = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        elif attention_mask is not None:
+            keep = attention_mask.bool()[:, None, None, :]
+        return combine_bias_and_mask(bias, keep, self._compute_dtype(device))
+
+    def decoder_masks(self, length: int, device: torch.device, segment_ids: torch.Tensor | None = None,
+                      encoder_segment_ids: torch.Tensor | None = None,
+                      encoder_attention_mask: torch.Tensor | None = None,
+                      decoder_attention_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's causal, segment-restricted self-attention mask (relative bias folded in) and the
+        cross-attention mask."""
+        bias = relative_bias(self.decoder.relative_attention_bias, length, length, bidirectional=False,
+                             cfg=self.config, device=device)
+        keep = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+        if segment_ids is not None:
+            keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        if decoder_attention_mask is not None:
+            keep = keep & decoder_attention_mask.bool()[:, None, None, :]
+        self_mask = combine_bias_and_mask(bias, keep, self._compute_dtype(device))
+        return self_mask, self.cross_attention_mask(device, segment_ids, encoder_segment_ids, encoder_attention_mask)
+
     def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder hidden states [B, L, d]. Packed rows: `segment_ids` (0 = padding); HF-style: `attention_mask`.
@@ -297,15 +388,7 @@ class T5(nn.Module):
         difference, which equals the position difference for every pair the segment mask keeps (module docstring
         of `lightning_t5.model.attention`)."""
         del positions
-        length = input_ids.shape[1]
-        bias = relative_bias(self.encoder.relative_attention_bias, length, length, bidirectional=True,
-                             cfg=self.config, device=input_ids.device)
-        keep = None
-        if segment_ids is not None:
-            keep = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-        elif attention_mask is not None:
-            keep = attention_mask.bool()[:, None, None, :]
-        mask = combine_bias_and_mask(bias, keep, self._compute_dtype(input_ids.device))
+        mask = self.encoder_mask(input_ids.shape[1], input_ids.device, segment_ids, attention_mask)
         hidden, _ = self.encoder(self.shared(input_ids), mask)
         return hidden
 
@@ -329,16 +412,9 @@ class T5(nn.Module):
         """Decoder hidden states (teacher forcing) [B, Lt, d]: causal, segment-restricted self-attention.
         `positions`: as in `encode`, accepted and not needed."""
         del positions
-        device, length = decoder_input_ids.device, decoder_input_ids.shape[1]
-        bias = relative_bias(self.decoder.relative_attention_bias, length, length, bidirectional=False,
-                             cfg=self.config, device=device)
-        keep = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
-        if segment_ids is not None:
-            keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-        if decoder_attention_mask is not None:
-            keep = keep & decoder_attention_mask.bool()[:, None, None, :]
-        self_mask = combine_bias_and_mask(bias, keep, self._compute_dtype(device))
-        cross_mask = self.cross_attention_mask(device, segment_ids, encoder_segment_ids, encoder_attention_mask)
+        self_mask, cross_mask = self.decoder_masks(decoder_input_ids.shape[1], decoder_input_ids.device,
+                                                   segment_ids, encoder_segment_ids, encoder_attention_mask,
+                                                   decoder_attention_mask)
         hidden, _ = self.decoder(self.shared(decoder_input_ids), self_mask, encoder_hidden, cross_mask)
         return hidden
 
@@ -393,15 +469,41 @@ class T5(nn.Module):
         if encoder_input_tokens is None or decoder_input_tokens is None:
             raise TypeError("T5.forward needs encoder_input_tokens and decoder_input_tokens (seqio names) or "
                             "input_ids (+ labels or decoder_input_ids) (Hugging Face names).")
-        with self._autocast(encoder_input_tokens.device):
-            encoder_hidden = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions)
-            decoder_hidden = self.decode(decoder_input_tokens, encoder_hidden, decoder_segment_ids, decoder_positions,
-                                         encoder_segment_ids=encoder_segment_ids)
+        device = encoder_input_tokens.device
+        if self._compile_request is not None and self.training:
+            self._apply_compile(device)
+        with self._autocast(device):
+            decoder_hidden = self._encode_decode(encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                                                 decoder_segment_ids)
             if return_loss:
                 return self._loss(decoder_hidden, decoder_target_tokens, decoder_loss_weights, z_loss)
             if logits_mask is not None:
                 decoder_hidden = decoder_hidden[logits_mask.bool()]
             return self.lm_logits(decoder_hidden)
+
+    def _encode_decode(self, encoder_input_tokens: torch.Tensor, decoder_input_tokens: torch.Tensor,
+                       encoder_segment_ids: torch.Tensor | None, decoder_segment_ids: torch.Tensor | None
+                       ) -> torch.Tensor:
+        """Decoder hidden states of a seqio batch: the masks (eager: built once, read by every layer), then both
+        stacks (`_stacks`, compiled as one graph by `enable_compile("model")` in training)."""
+        device = encoder_input_tokens.device
+        encoder_mask = self.encoder_mask(encoder_input_tokens.shape[1], device, encoder_segment_ids)
+        self_mask, cross_mask = self.decoder_masks(decoder_input_tokens.shape[1], device, decoder_segment_ids,
+                                                   encoder_segment_ids)
+        stacks = self._stacks
+        if self._compiled_stacks is not None and self.training:
+            stacks = self._compiled_stacks
+        return stacks(encoder_input_tokens, decoder_input_tokens, encoder_mask, self_mask, cross_mask)
+
+    def _stacks(self, encoder_input_tokens: torch.Tensor, decoder_input_tokens: torch.Tensor,
+                encoder_mask: torch.Tensor | None, self_mask: torch.Tensor | None, cross_mask: torch.Tensor | None
+                ) -> torch.Tensor:
+        """Embeddings, encoder and decoder: every matmul of the forward but the output projection. The masks come
+        in as tensors: compiled, each layer's softmax then reads the one materialised mask (inductor would
+        otherwise inline the mask construction, bias gather included, into every layer's softmax passes)."""
+        encoder_hidden, _ = self.encoder(self.shared(encoder_input_tokens), encoder_mask)
+        hidden, _ = self.decoder(self.shared(decoder_input_tokens), self_mask, encoder_hidden, cross_mask)
+        return hidden
 
     def _loss(self, decoder_hidden: torch.Tensor, targets: torch.Tensor | None, weights: torch.Tensor | None,
               z_loss: float | None) -> LossOutput:
