@@ -15,8 +15,8 @@ Two rates per dtype:
 
 bf16 is measured on CUDA, and on CPUs with bf16 arithmetic (AVX512-BF16 or AMX); elsewhere torch's bf16 GEMM is a slow
 fallback that no run uses (`lightning_t5.model.fused` emulates it with fp32 GEMMs), so it is skipped and said so.
-Each product is repeated until `min_seconds` have passed and the best repetition counts (a shared machine's
-interruptions only ever make a repetition slower).
+Each product is repeated and its best repetition counts (a shared machine's interruptions only ever make a
+repetition slower); the step's products are timed in rounds over the whole list.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_t5.model.flops import gemm_flops, gemm_shapes  # noqa: E402
+from lightning_t5.model.flops import gemm_shapes  # noqa: E402
 from lightning_t5.model.fused import cpu_has_native_bf16  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -42,25 +42,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class Product:
+    """`count` [m, k] @ [k, n] products (one batched product when count > 1), operands allocated once."""
+
+    def __init__(self, count: int, m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        shape_a, shape_b = ((count, m, k), (count, k, n)) if count > 1 else ((m, k), (k, n))
+        self.a = torch.randn(shape_a, generator=g).to(device=device, dtype=dtype)
+        self.b = torch.randn(shape_b, generator=g).to(device=device, dtype=dtype)
+        self.out = torch.empty((*shape_a[:-1], n), device=device, dtype=dtype)
+        self.mul = torch.bmm if count > 1 else torch.mm
+        self.device = device
+        self.flops = 2 * count * m * k * n
+        self.best = float("inf")
+        self()  # warm-up (allocations, library dispatch)
+
+    def __call__(self) -> float:
+        """Run once; returns the seconds it took and keeps the best."""
+        _sync(self.device)
+        start = time.perf_counter()
+        self.mul(self.a, self.b, out=self.out)
+        _sync(self.device)
+        elapsed = time.perf_counter() - start
+        self.best = min(self.best, elapsed)
+        return elapsed
+
+
 def product_seconds(count: int, m: int, k: int, n: int, dtype: torch.dtype, device: torch.device,
                     min_seconds: float = 0.2, max_reps: int = 50) -> float:
-    """Best time of `count` [m, k] @ [k, n] products (one batched product when count > 1)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    shape_a, shape_b = ((count, m, k), (count, k, n)) if count > 1 else ((m, k), (k, n))
-    a = torch.randn(shape_a, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(shape_b, generator=g).to(device=device, dtype=dtype)
-    out = torch.empty((*shape_a[:-1], n), device=device, dtype=dtype)
-    mul = torch.bmm if count > 1 else torch.mm
-    mul(a, b, out=out)  # warm-up (allocations, library dispatch)
-    _sync(device)
-    best, spent, reps = float("inf"), 0.0, 0
+    """Best time of `count` [m, k] @ [k, n] products, repeated until `min_seconds` have passed."""
+    product = Product(count, m, k, n, dtype, device)
+    spent, reps = 0.0, 0
     while (spent < min_seconds and reps < max_reps) or reps < 2:
-        start = time.perf_counter()
-        mul(a, b, out=out)
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        best, spent, reps = min(best, elapsed), spent + elapsed, reps + 1
-    return best
+        spent, reps = spent + product(), reps + 1
+    return product.best
 
 
 def square_rate(n: int, dtype: str, device: torch.device, min_seconds: float = 0.5) -> float:
@@ -69,17 +84,19 @@ def square_rate(n: int, dtype: str, device: torch.device, min_seconds: float = 0
 
 
 def model_gemm_rate(cfg: Any, batch: int, t_enc: int, t_dec: int, dtype: str, device: torch.device,
-                    min_seconds: float = 0.1) -> float:
+                    rounds: int = 3) -> float:
     """FLOP/s of a training step's products (forward, input gradient, weight gradient of each), as total FLOPs over
-    total time. Products that repeat per layer are timed once and counted per layer."""
-    shapes = gemm_shapes(cfg, batch, t_enc, t_dec)
-    seconds = 0.0
-    for _, times, products, m, k, n in shapes:
-        forward = product_seconds(products, m, k, n, DTYPES[dtype], device, min_seconds)
-        grad_input = product_seconds(products, m, n, k, DTYPES[dtype], device, min_seconds)
-        grad_weight = product_seconds(products, n, m, k, DTYPES[dtype], device, min_seconds)
-        seconds += times * (forward + grad_input + grad_weight)
-    return gemm_flops(shapes) / seconds
+    total time. Products that repeat per layer are timed once and counted per layer. All products are timed in
+    `rounds` passes over the whole list and each keeps its best time, so a burst of load on a shared machine
+    slows one pass, not one shape."""
+    timed = []
+    for _, times, products, m, k, n in gemm_shapes(cfg, batch, t_enc, t_dec):
+        for shape in ((m, k, n), (m, n, k), (n, m, k)):  # forward, input gradient, weight gradient
+            timed.append((times, Product(products, *shape, DTYPES[dtype], device)))
+    for _ in range(rounds):
+        for _, product in timed:
+            product()
+    return sum(times * p.flops for times, p in timed) / sum(times * p.best for times, p in timed)
 
 
 def bf16_measurable(device: torch.device) -> bool:

@@ -172,9 +172,10 @@ class T5Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
-        # CPU training with attention dropout: SDPA would take its math path anyway and draw the dropout mask with
-        # bernoulli; the explicit path below is the same arithmetic with the faster mask of `fused.dropout`.
-        if self.eager or (p > 0.0 and q.device.type == "cpu"):
+        # CPU training: SDPA's CPU kernel cannot return the bias gradient (its math fallback then also checks every
+        # row for full masking) and draws dropout masks with bernoulli; the explicit path below is the same
+        # arithmetic, ~25 % faster forward + backward at the tiny default shape, with `fused.dropout`'s mask.
+        if self.eager or (q.device.type == "cpu" and (p > 0.0 or torch.is_grad_enabled())):
             scores = matmul(q, k.transpose(-1, -2))
             if mask is not None:
                 scores = scores + mask
