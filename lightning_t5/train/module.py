@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_t5.eval.evaluation import evaluate_predictions, gather_predictions
 from lightning_t5.model.flops import compile_pays
@@ -154,7 +153,7 @@ class T5LightningModule(pl.LightningModule):
             setting, why = compile_pays(config, steps, tokens.shape[0], tokens.shape[1],
                                         batch["decoder_input_tokens"].shape[1], tokens.device.type, device_name,
                                         torch.get_num_threads(), dtype)
-            rank_zero_info(why)
+            self._say(why)
         if setting is True:
             self.model.enable_compile("block" if self.hparams.get("sharding") else None)
 
@@ -164,8 +163,12 @@ class T5LightningModule(pl.LightningModule):
             self.log("compile/graphs", float(count), on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
         if count != getattr(self, "_printed_compile_count", 0):
             self._printed_compile_count = count
-            rank_zero_info(f"torch.compile ({self.model.compile_mode}): {count} graph(s) compiled so far "
-                           f"(step {self.trainer.global_step})")
+            self._say(f"torch.compile ({self.model.compile_mode}): {count} graph(s) compiled so far "
+                      f"(step {self.trainer.global_step})")
+
+    def _say(self, line: str) -> None:
+        if self.trainer.is_global_zero:
+            print(line, flush=True)
 
     def configure_model(self) -> None:
         """FSDP2 sharding under `trainer=fsdp` (lightning_t5.dist.sharding); nothing otherwise."""
