@@ -29,6 +29,7 @@ Prints one final line `GPU_CHECK_JSON {...}` with --json. Without CUDA (and with
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -203,6 +204,9 @@ def throughput(args: argparse.Namespace, device: torch.device, backends: list[st
     rows: list[dict[str, Any]] = []
 
     def run(impl: str, backend: str, compile_mode: str | None) -> dict[str, Any]:
+        gc.collect()  # the previous configuration's model, optimizer state and compiled graphs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         cfg = cfg0.replace(fused=backend)
         ours = T5(cfg)
         ours.load_state_dict(state, strict=False)
@@ -239,8 +243,6 @@ def throughput(args: argparse.Namespace, device: torch.device, backends: list[st
               f"{pct(row['mfu_datasheet'])} of datasheet, {pct(row['of_measured_peak'])} of measured peak, "
               f"{pct(row['of_model_gemms'])} of its GEMMs; first steps {first:.1f} s  [{row['kernels']}]",
               flush=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         return row
 
     eager = [run("ours", b, None) for b in backends if b != "none"]
