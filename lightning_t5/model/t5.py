@@ -5,7 +5,9 @@ Parameter names are exactly those of `transformers.T5ForConditionalGeneration` m
 loads with no renaming (`lightning_t5.model.hf`). Two calling conventions:
 
 * seqio / packed: `model(encoder_input_tokens=..., decoder_input_tokens=..., encoder_segment_ids=..., ...)` -> logits.
-  Segment ids stop attention across packed examples; per-segment positions drive the relative bias.
+  Segment ids stop attention across packed examples; the relative bias is that of the index difference (T5X's),
+  which equals the difference of per-segment positions for every pair the segment mask keeps, so the
+  `*_positions` features are accepted and not needed.
 * Hugging Face: `model(input_ids=..., attention_mask=..., labels=...)` -> `Seq2SeqLMOutput(loss, logits, ...)`.
 """
 
@@ -30,8 +32,10 @@ logger = logging.getLogger("lightning_t5.model")
 
 COMPILE_MODES = ("model", "block")
 #: What `model.compile=true` compiles, per device type: the faster of the two in `bench/model.py --compile-modes
-#: model,block` (which prints both and whether this table still names the faster one). CPU, T5.1.1-small
-#: 8 x (512 + 114) fp32: see BEST_COMPILE_MODE_MEASURED.
+#: model,block` (which prints both and says whether this table still names the faster one). CPU, T5.1.1-small
+#: 8 x (512 + 114) fp32, one run on the shared 2-core machine: whole stacks 4.90 s/step, per block 5.21 s, eager
+#: 5.69 s. CUDA: not measured yet (no GPU was lent to this project's sessions); whole stacks as on CPU until
+#: `bench/gpu_check.py --compile-modes model,block` says otherwise. FSDP runs compile per block regardless.
 BEST_COMPILE_MODE = {"cpu": "model", "cuda": "model"}
 
 
@@ -64,16 +68,6 @@ class Seq2SeqLMOutput:
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
-
-
-def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Position of each token within its segment (0 at each segment start), vectorised."""
-    length = segment_ids.shape[-1]
-    index = torch.arange(length, device=segment_ids.device).expand_as(segment_ids)
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
-    starts[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
-    start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
-    return index - start_index
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,14 +297,14 @@ class T5(nn.Module):
 
     # -- compilation --------------------------------------------------------------------------------------------
     def enable_compile(self, mode: str | None = None) -> None:
-        """torch.compile the training forward: `mode` "model" (encoder and decoder, masks and bias included, as one
-        graph) or "block" (each block on its own; what FSDP2 shards), None = `best_compile_mode` for the device of
-        the first training batch. Compilation happens at that first training forward, and only training forwards
-        (`model.train()`) run compiled code: evaluation and generation, whose shapes vary, stay eager, so a run
-        compiles once per distinct training batch shape (`compile_count`; fixed for packed and padded batches of
-        the data pipeline). Parameter names and the state dict are unchanged. The loss after the decoder (the
-        gather of weighted positions, whose count varies, the output projection and the cross-entropy) runs
-        eagerly in both modes."""
+        """torch.compile the training forward: `mode` "model" (embeddings, encoder and decoder as one graph; the
+        masks are built eagerly, once per step, and passed in) or "block" (each block on its own; what FSDP2
+        shards), None = `best_compile_mode` for the device of the first training batch. Compilation happens at
+        that first training forward, and only training forwards (`model.train()`) run compiled code: evaluation
+        and generation, whose shapes vary, stay eager, so a run compiles once per distinct training batch shape
+        (`compile_count`; one shape for the packed and padded batches of the data pipeline). Parameter names and
+        the state dict are unchanged. The loss after the decoder (the gather of weighted positions, whose count
+        varies, the output projection and the cross-entropy) runs eagerly in both modes."""
         if mode is not None and mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r} is not valid: expected one of {list(COMPILE_MODES)}.")
         self._compile_request = mode or "best"
