@@ -129,3 +129,25 @@ def test_model_bench_dry_run_with_compilation_prints_all_four(capsys):
     for label in ("ours eager", "ours compiled", "HF eager", "HF compiled"):
         assert f"  {label} " in out, out
     assert "graph(s) compiled in the first steps, 0 while timed" in out
+
+
+def test_model_bench_says_which_compilation_is_faster_and_whether_the_code_agrees():
+    """`--compile-modes model,block` prints the faster mode and flags a BEST_COMPILE_MODE that no longer names it
+    (the code's choice is a measured constant, re-checked by the benchmark, not a start-up measurement)."""
+    bench = _load("model")
+
+    def result(model_s: float, block_s: float) -> dict:
+        row = {"tokens_per_s": 1.0, "model_gflops": 1.0, "of_square": 0.5, "of_model_gemms": 0.6,
+               "mfu_datasheet": None, "warmup_s": 1.0}
+        configs = {"ours eager": {**row, "step_s": 6.0}, "ours compiled (model)": {**row, "step_s": model_s},
+                   "ours compiled (block)": {**row, "step_s": block_s}, "HF eager": {**row, "step_s": 7.0}}
+        return {"config": "t5_1_1_small", "batch": 8, "enc_len": 512, "dec_len": 114, "dtype": "fp32",
+                "dropout": 0.0, "model_gflop_per_step": 850.0, "configs": configs, "compiles": {},
+                "rates": {"fp32": {"square_2048": 2e11, "model": 1.7e11}}, "best_compile_mode": "model",
+                "device": "cpu"}
+
+    agree = "\n".join(bench.report(result(4.9, 5.2), None))
+    assert "fastest compilation here: model" in agree and "DISAGREES" not in agree
+    disagree = "\n".join(bench.report(result(5.3, 5.2), None))
+    assert "fastest compilation here: block" in disagree and "DISAGREES" in disagree
+    assert "2048^2 200.0 GFLOP/s, model GEMMs 170.0 GFLOP/s" in agree
