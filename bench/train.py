@@ -49,8 +49,11 @@ GOAL_TOTAL = 1.5  # issue 23: ours end to end >= 1.5x compiled transformers with
 
 def draw_examples(n: int, sequence_length: dict[str, int], seed: int) -> list[dict[str, np.ndarray]]:
     """The first `n` examples the `default_with_corpus` mixture's sampler yields (unpacked rows, padding stripped)."""
+    import datasets
+
     from mixtures import MixtureDataset, MixtureRegistry
 
+    datasets.disable_progress_bars()
     ds = MixtureDataset(MixtureRegistry.get("default_with_corpus"), sequence_length=sequence_length, batch_size=64,
                         pack=False, seed=seed)
     out: list[dict[str, np.ndarray]] = []
