@@ -59,24 +59,17 @@ def write_synthetic(task, num_tokens: int) -> None:
 
     window = task.token_preprocessors[0].window_length(SEQ)
     rows = num_tokens // window
-    root = tc.cache_dir(task, "train", SEQ)
-    if (root / tc.COMPLETE).exists():
+    if tc.open_cache(task, "train", SEQ) is not None:
         return
-    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    with open(root / "targets.tokens", "wb") as fh:
-        chunk = 1 << 24
-        for start in range(0, rows * window, chunk):
-            rng.integers(3, 8000, min(chunk, rows * window - start), dtype=np.uint16).tofile(fh)
-    with open(root / "targets.offsets", "wb") as fh:
-        for start in range(0, rows + 1, 1 << 22):
-            (np.arange(start, min(rows + 1, start + (1 << 22)), dtype=np.int64) * window).tofile(fh)
-    np.zeros(rows + 1, np.int64).tofile(root / "inputs.offsets")
-    (root / "inputs.tokens").write_bytes(b"")
-    stats = {"fingerprint": tc.cache_key(task, "train", SEQ), "rows": rows, "dtype": "uint16",
-             "total_tokens": rows * window}
-    (root / "stats.json").write_text(json.dumps(stats))
-    (root / tc.COMPLETE).write_text("ok\n")
+    chunk = 1 << 24
+    tokens = (rng.integers(3, 8000, min(chunk, rows * window - start), dtype=np.uint16)
+              for start in range(0, rows * window, chunk))
+    offsets = (np.arange(start, min(rows + 1, start + (1 << 22)), dtype=np.int64) * window
+               for start in range(0, rows + 1, 1 << 22))
+    tc.write_flat(tc.cache_dir(task, "train", SEQ),
+                  {"inputs": (np.zeros(rows + 1, np.int64), np.zeros(0, np.uint16)), "targets": (offsets, tokens)},
+                  np.dtype(np.uint16), {"fingerprint": tc.cache_key(task, "train", SEQ)})
 
 
 def child_pids() -> list[int]:

@@ -22,12 +22,25 @@ class CheckpointError(ValueError):
 
 
 class RunInterrupted(Exception):
-    """Training was stopped by Ctrl-C after writing a resumable checkpoint; the message says how to continue.
+    """Training was stopped by Ctrl-C; the message says how to continue.
 
+    `saved`: the first Ctrl-C wrote `checkpoint` at `step`. Otherwise a second Ctrl-C stopped training before that,
+    and `checkpoint` is the run's last checkpoint (None when it has none: nothing to resume).
     `train.py` prints it and exits with status 130 (the shell's code for SIGINT), so scripts see a failure.
     """
 
-    def __init__(self, checkpoint: str | os.PathLike, step: int, run_dir: str | os.PathLike) -> None:
-        self.checkpoint, self.step, self.run_dir = Path(checkpoint), int(step), Path(run_dir)
-        super().__init__(f"interrupted at step {self.step}; resumable checkpoint saved to {self.checkpoint}.\n"
-                         f"Resume with: python train.py resume={self.run_dir}")
+    def __init__(self, checkpoint: str | os.PathLike | None, step: int, run_dir: str | os.PathLike,
+                 saved: bool = True) -> None:
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.step, self.run_dir, self.saved = int(step), Path(run_dir), bool(saved)
+        if saved:
+            message = f"interrupted at step {self.step}; resumable checkpoint saved to {self.checkpoint}."
+        elif self.checkpoint is not None:
+            message = (f"stopped at step {self.step} by a second Ctrl-C, before a new checkpoint was written; the run "
+                       f"resumes from its last checkpoint, {self.checkpoint}.")
+        else:
+            message = (f"stopped at step {self.step} by a second Ctrl-C, before any checkpoint was written: there is "
+                       f"nothing to resume; start the run again.")
+        if self.checkpoint is not None:
+            message += f"\nResume with: python train.py resume={self.run_dir}"
+        super().__init__(message)

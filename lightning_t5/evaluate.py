@@ -115,7 +115,8 @@ def evaluate_checkpoint(ckpt: str | Path, tasks: Sequence[str] | None = None, sp
                                  counts=result["num_examples"], majority=result["majority"])
     (out_dir / "results.md").write_text(
         f"# Evaluation of {path}\n\nSplit `{split}` ({counts} examples); 95 % bootstrap intervals over the examples; "
-        "\"majority class\" = always predicting the train split's most frequent target.\n\n" + table + "\n")
+        "\"majority class\" = always predicting the train split's most frequent target (see the notes below the "
+        "table).\n\n" + table + "\n")
     result["out_dir"] = str(out_dir)
     return result
 

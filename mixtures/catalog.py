@@ -1,5 +1,6 @@
 """Catalog mixtures mirroring the t5 library's ``t5/data/mixtures.py``, plus a small ``default`` for CPU runs
-(and ``default_with_corpus``, the same tasks with the English corpus).
+(and ``default_with_corpus``, the same tasks with the English corpus), and shipped-data subsets (``glue_local``,
+``super_glue_local``).
 
 Task names are resolved when a mixture is first used (never at import). Differences from T5, on purpose:
 
@@ -8,17 +9,21 @@ Task names are resolved when a mixture is first used (never at import). Differen
   T5 passes those sizes as fixed rates, so K and T do not touch them there; here they are *sizes*, so
   ``mixing.max_examples``/``mixing.temperature`` apply to every task alike (identical to T5 whenever K is
   above 392,702, the MNLI size, e.g. the paper's K = 2^19 or 2^21).
-* Tasks without data on this machine are left out of catalog mixtures: a task is included when its split has
-  local rows (``task.num_rows(split)`` is known), or always when ``MIXTURES_INCLUDE_HUB_TASKS=1`` (with network
-  access, to train on the full hub datasets). ``skipped(name)`` lists what was left out and why;
-  ``python -m mixtures show`` prints it.
+* A catalog mixture always means what the paper means: all its tasks, on every machine. A task whose data is not
+  here (it would be read from the Hugging Face Hub, and ``LIGHTNING_T5_SOURCE=hub`` was not set) stops any use of
+  the mixture when it is resolved, before a model is built, with an error naming every such task and both ways on:
+  the hub (``LIGHTNING_T5_SOURCE=hub``, with network access) or a mixture of the shipped data (``glue_local``...).
+  Inside :func:`describing` (``python -m mixtures show``) the mixture resolves anyway and is rated by the official
+  sizes, so it can be inspected offline.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import MixtureError
 from .mixture import Mixture, MixtureRegistry
@@ -41,54 +46,89 @@ SUPERVISED = list(GLUE_SIZES) + list(SUPER_GLUE_SIZES) + OTHER_SUPERVISED
 CORPUS = "corpus_span_corruption"
 LARGE_SUPERVISED = ["wmt_ende", "wmt_enfr", "cnn_dailymail"]
 DEFAULT_TASKS = ["glue_sst2", "glue_cola", "glue_mrpc", "glue_stsb", "glue_rte", "super_glue_cb", "super_glue_copa"]
+#: The GLUE / SuperGLUE tasks whose rows ship in data/ (a fixed list: what a mixture means never depends on the disk).
+GLUE_LOCAL = ["glue_cola", "glue_sst2", "glue_mrpc", "glue_stsb", "glue_rte"]
+SUPER_GLUE_LOCAL = ["super_glue_boolq", "super_glue_cb", "super_glue_copa", "super_glue_rte"]
 #: T5's ``rate_unsupervised`` default.
 T5_UNSUPERVISED_RATE = 1e6
+SOURCE_ENV = "LIGHTNING_T5_SOURCE"
 
-_SKIPPED: dict[str, dict[str, str]] = {}
-
-
-def include_hub_tasks() -> bool:
-    return os.environ.get("MIXTURES_INCLUDE_HUB_TASKS", "") not in ("", "0", "false", "False")
+_DESCRIBING: contextvars.ContextVar[bool] = contextvars.ContextVar("catalog_describing", default=False)
 
 
-def skipped(mixture_name: str) -> dict[str, str]:
-    """Tasks a catalog mixture left out (task -> reason), after it was first used."""
-    return dict(_SKIPPED.get(mixture_name, {}))
+@contextlib.contextmanager
+def describing() -> Iterator[None]:
+    """Resolve catalog mixtures whose tasks have no data here, to describe them (``python -m mixtures show``)."""
+    token = _DESCRIBING.set(True)
+    try:
+        yield
+    finally:
+        _DESCRIBING.reset(token)
 
 
-def _available(names: list[str], mixture: str, split: str = "train") -> list[str]:
-    from tasks import TaskRegistry
-
-    known = set(TaskRegistry.names())
-    out, skip = [], {}
-    for n in names:
-        if n not in known:
-            skip[n] = "not registered"
-            continue
-        if include_hub_tasks():
-            out.append(n)
-            continue
-        try:
-            rows = TaskRegistry.get(n).num_rows(split)
-        except Exception as e:  # a broken source must not break the listing of the others
-            rows, reason = None, f"{type(e).__name__}: {e}"
-        else:
-            reason = "no local data (set MIXTURES_INCLUDE_HUB_TASKS=1 to load it from the hub)"
-        if rows:
-            out.append(n)
-        else:
-            skip[n] = reason
-    _SKIPPED[mixture] = skip
-    if skip:
-        log.info("mixture %s: left out %s", mixture, ", ".join(f"{k} ({v})" for k, v in skip.items()))
-    if not out:
-        raise MixtureError(f"catalog mixture {mixture!r} has none of its tasks available here: "
-                           + "; ".join(f"{k}: {v}" for k, v in skip.items()))
-    return out
+def hub_selected() -> bool:
+    return os.environ.get(SOURCE_ENV, "").lower() == "hub"
 
 
-def _lazy(mixture: str, names: Callable[[], list[str]], rate: Callable[[str], object] = lambda n: None):
-    return lambda: [(n, rate(n)) if rate(n) is not None else n for n in _available(names(), mixture)]
+def missing_data(mixture: Mixture) -> dict[str, str]:
+    """Tasks of ``mixture`` (through sub-mixtures) that have no data on this machine: task -> where it would come
+    from. A task's data is missing when loading it would go to the Hugging Face Hub and the hub was not chosen with
+    ``LIGHTNING_T5_SOURCE=hub`` (offline, that load fails; online, a catalog mixture still never switches a task to
+    the hub behind the user's back)."""
+    if hub_selected():
+        return {}
+    with describing():
+        tasks = mixture.tasks
+    return {t.name: t.source.describe() for t in tasks
+            if getattr(getattr(t, "source", None), "reads_hub", False)}
+
+
+class CatalogMixture(Mixture):
+    """A catalog mixture: all of its tasks or an error (see the module docstring). ``local`` names a mixture of the
+    shipped data to suggest when some task's data is missing."""
+
+    def __init__(self, name: str, members: Callable[[], list], *, local: str | None = None, **kwargs) -> None:
+        super().__init__(name, members, **kwargs)
+        self.local = local
+
+    def members(self) -> list:
+        out = super().members()
+        if not _DESCRIBING.get():
+            missing = missing_data(self)
+            if missing:
+                raise MixtureError(missing_data_message(self, missing))
+        return out
+
+    def sizes_for_rating(self, split="train", mixing=None, sequence_length=None) -> dict[str, float]:
+        """As :meth:`Mixture.sizes_for_rating`; a task without data here can only be rated by its official size."""
+        missing = missing_data(self)
+        cfg = MixingConfig.from_dict(mixing).merged_over(self.defaults)
+        unrated = [n for n in missing if cfg.size_source == "actual" or n not in self._all_sizes()]
+        if unrated:
+            raise MixtureError(missing_data_message(self, {n: missing[n] for n in unrated},
+                                                    "rating them needs their rows (no official size, or "
+                                                    "mixing.size_source=actual)"))
+        return super().sizes_for_rating(split, mixing, sequence_length)
+
+
+def missing_data_message(mixture: Mixture, missing: dict[str, str], why: str = "") -> str:
+    """Names every task without data here and both ways on: the hub, or a mixture of the shipped data."""
+    local = getattr(mixture, "local", None)
+    with describing():
+        total = len(mixture.tasks)
+        subset = (f"`mixture={local}` ({', '.join(MixtureRegistry.get(local).task_names)})" if local
+                  else "a mixture of the shipped tasks (`glue_local`, `super_glue_local`, `default`, "
+                       "`default_with_corpus`; `python -m mixtures list`)")
+    return (f"mixture {mixture.name!r} has {total} tasks and {len(missing)} of them have no data on this machine: "
+            f"{', '.join(f'{n} ({src})' for n, src in missing.items())}{'; ' + why if why else ''}. "
+            f"{'A catalog mixture always means all its tasks. ' if isinstance(mixture, CatalogMixture) else ''}"
+            f"Either read the catalog tasks from the Hugging Face Hub (needs network access): "
+            f"`{SOURCE_ENV}=hub python train.py mixture={mixture.name} ...`, or train on the data shipped in data/: "
+            f"{subset}.")
+
+
+def _lazy(names: Callable[[], list[str]], rate: Callable[[str], object] = lambda n: None):
+    return lambda: [(n, rate(n)) if rate(n) is not None else n for n in names()]
 
 
 def _dedupe(name: str):
@@ -96,9 +136,10 @@ def _dedupe(name: str):
     return Scaled(0.5) if name == "glue_rte" else None
 
 
-def _add(name: str, names: Callable[[], list[str]], *, rate=lambda n: None, defaults=None, description="") -> None:
-    MixtureRegistry.add(Mixture(name, _lazy(name, names, rate), defaults=defaults, sizes=OFFICIAL_SIZES,
-                                description=description), replace=True)
+def _add(name: str, names: Callable[[], list[str]], *, rate=lambda n: None, defaults=None, description="",
+         local: str | None = None) -> None:
+    MixtureRegistry.add(CatalogMixture(name, _lazy(names, rate), defaults=defaults, sizes=OFFICIAL_SIZES,
+                                       description=description, local=local), replace=True)
 
 
 def _leave_one_out(name: str) -> Mixture | None:
@@ -117,8 +158,8 @@ def _leave_one_out(name: str) -> Mixture | None:
         if not getattr(task, "supervised", True):
             return None
     pool = lambda: [t for t in _all_supervised_names() if t not in drop] + [CORPUS]  # noqa: E731
-    return Mixture(name, _lazy(name, pool, _dedupe), sizes=OFFICIAL_SIZES,
-                   description=f"all_proportional without {left} (T5 leave-one-out)")
+    return CatalogMixture(name, _lazy(pool, _dedupe), sizes=OFFICIAL_SIZES,
+                          description=f"all_proportional without {left} (T5 leave-one-out)")
 
 
 def _all_supervised_names() -> list[str]:
@@ -143,9 +184,14 @@ def _leave_one_out_names() -> list[str]:
 
 
 def register() -> None:
-    _add("glue", lambda: list(GLUE_SIZES), description="GLUE, proportional to the official training-set sizes")
+    _add("glue", lambda: list(GLUE_SIZES), description="GLUE, proportional to the official training-set sizes",
+         local="glue_local")
     _add("super_glue", lambda: list(SUPER_GLUE_SIZES),
-         description="SuperGLUE, proportional to the official training-set sizes")
+         description="SuperGLUE, proportional to the official training-set sizes", local="super_glue_local")
+    _add("glue_local", lambda: list(GLUE_LOCAL),
+         description="the 5 GLUE tasks shipped in data/ (no MNLI, QQP, QNLI), rated as in glue (official sizes)")
+    _add("super_glue_local", lambda: list(SUPER_GLUE_LOCAL),
+         description="the 4 SuperGLUE tasks shipped in data/ (BoolQ, CB, COPA, RTE), rated as in super_glue")
     _add("all_supervised", _all_supervised_names, description="every supervised task, examples-proportional")
     _add("all_equal", lambda: _all_supervised_names() + [CORPUS], defaults=MixingConfig(rate="equal"),
          description="every supervised task and the corpus, equal rates")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MixtureError, suggest
-from .rates import MixingConfig, RateSpec, leaf_rate
+from .rates import MixingConfig, RateSpec, leaf_rate, unimax_allocation
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Mixture:
         (a corpus task's windows at ``sequence_length``, the length training uses, when given)."""
         cfg = MixingConfig.from_dict(mixing).merged_over(self.defaults)
         official = self._all_sizes()
-        source = cfg.size_source or "auto"
+        source = "actual" if cfg.rate == "unimax" else cfg.size_source or "auto"
         out = {}
         for t in self.tasks:
             if source != "actual" and t.name in official:
@@ -165,7 +165,14 @@ class Mixture:
         return out
 
     def _raw(self, split: str, cfg: MixingConfig, sizes: Mapping[str, float]) -> dict[str, float]:
-        """Unnormalized leaf weights: a sub-mixture's rate times each task's share inside it."""
+        """Unnormalized leaf weights: a sub-mixture's rate times each task's share inside it (UniMax: each task's
+        allocation of the budget, in examples, over the flattened leaf tasks)."""
+        if cfg.rate == "unimax":
+            if cfg.unimax_budget is None:
+                raise MixtureError(f"mixture {self.name!r}: mixing.rate=unimax needs the training budget in examples "
+                                   "(mixing.unimax_budget); a run fills it in from trainer.max_steps, and "
+                                   "`python -m mixtures show` from the same config (trainer.max_steps=N).")
+            return unimax_allocation(sizes, float(cfg.unimax_budget), float(cfg.unimax_max_epochs or 1.0))
         out: dict[str, float] = {}
         for m, spec in self.members():
             if isinstance(m, Mixture):
@@ -179,10 +186,11 @@ class Mixture:
                 out[m.name] = out.get(m.name, 0.0) + leaf_rate(m, sizes[m.name], spec, cfg)
         return out
 
-    def raw_rates(self, split: str = "train", mixing: MixingConfig | Mapping | None = None) -> dict[str, float]:
+    def raw_rates(self, split: str = "train", mixing: MixingConfig | Mapping | None = None,
+                  sequence_length: Mapping[str, int] | None = None) -> dict[str, float]:
         """Unnormalized rates (seqio's rate values) at step 0, before normalization."""
         cfg = MixingConfig.from_dict(mixing).merged_over(self.defaults)
-        return self._raw(split, cfg, self.sizes_for_rating(split, cfg))
+        return self._raw(split, cfg, self.sizes_for_rating(split, cfg, sequence_length))
 
     def _shares(self, split: str, cfg: MixingConfig, sequence_length: Mapping[str, int] | None = None
                 ) -> dict[str, float]:

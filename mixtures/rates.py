@@ -7,18 +7,22 @@ when a temperature is set. Rates are *not* normalized here; :meth:`mixtures.Mixt
 A :class:`MixingConfig` is what ``mixing.*`` on the command line fills in. Fields left at ``None`` take
 the mixture's own default (e.g. ``all_equal`` defaults to ``rate="equal"``), so a catalog mixture keeps
 its T5 meaning unless the user overrides it.
+
+UniMax (Chung et al. 2023, umT5) is :func:`unimax_allocation`: a closed-form split of the run's budget of examples.
+Rates that change during training (linear schedules, explicit stage lists, adaptive methods) are stages of
+:mod:`mixtures.stages`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import MixtureError, suggest
 
-RATE_NAMES = ("proportional", "temperature", "equal", "explicit")
+RATE_NAMES = ("proportional", "temperature", "equal", "explicit", "unimax")
 SIZE_SOURCES = ("auto", "official", "actual")
 
 
@@ -35,6 +39,27 @@ def rate_num_examples(num_examples: float, *, scale: float = 1.0, maximum: float
     if temperature != 1.0:
         n = n ** (1.0 / float(temperature))
     return n
+
+
+def unimax_allocation(sizes: Mapping[str, float], budget: float, max_epochs: float = 1.0) -> dict[str, float]:
+    """UniMax: the examples each task gets from a budget of ``budget`` examples.
+
+    Tasks are visited in ascending size (ties by name); each gets an equal share of what is left of the budget,
+    capped at ``max_epochs`` passes over its own data (``max_epochs * size``); what a capped task leaves goes to the
+    larger tasks after it. When every task is capped the allocations sum to less than the budget (normalising them
+    then repeats every task more than ``max_epochs`` times; ``mixing.max_passes`` guards the run).
+    """
+    if not (budget > 0 and math.isfinite(budget)):
+        raise MixtureError(f"UniMax needs a positive training budget (examples), got {budget!r}.")
+    if not (max_epochs > 0 and math.isfinite(max_epochs)):
+        raise MixtureError(f"mixing.unimax_max_epochs must be a positive number, got {max_epochs!r}.")
+    order = sorted(sizes, key=lambda name: (float(sizes[name]), name))
+    remaining, out = float(budget), {}
+    for i, name in enumerate(order):
+        fair = remaining / (len(order) - i)
+        out[name] = min(fair, float(max_epochs) * float(sizes[name]))
+        remaining -= out[name]
+    return {name: out[name] for name in sizes}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +112,8 @@ class MixingConfig:
     """How to turn a mixture's task sizes into sampling rates (``mixing.*`` in the run config).
 
     rate: ``proportional`` (min(n, K)), ``temperature`` (min(n, K)^(1/T)), ``equal``, ``explicit``
-        (``weights``), or ``None`` for the mixture's default.
+        (``weights``), ``unimax`` (:func:`unimax_allocation` of ``unimax_budget``), or ``None`` for the mixture's
+        default.
     max_examples: K, the artificial data-set size limit (``None``: no cap).
     temperature: T (only with ``rate="temperature"``; T=1 is proportional).
     weights: ``{task_name: weight}`` for ``rate="explicit"``.
@@ -100,6 +126,20 @@ class MixingConfig:
     max_passes: the most passes over any task's data a run may plan (default 100; ``None`` disables the check):
         training stops before it starts when its steps would repeat a task more often (silent repetition of a small
         corpus). A run guard, not a rate property: never taken from a mixture's defaults.
+    unimax_max_epochs: UniMax's cap N: at most this many passes over a task's own data (``None``: 1).
+    unimax_budget: UniMax's budget, in examples the run draws (all ranks). ``None`` in a run config: the run fills
+        it in from its steps (``mixtures.shares.resolve_mixing``: steps x examples per step, measured on the
+        run's own batches), so the cap holds for the examples training really draws. UniMax sizes are the rows
+        the run reads (``size_source`` does not apply: the cap is about repeating the data).
+    stages: a fixed stage list, ``[{"start_step": s, "weights": {task: w}}, ...]``: from ``start_step`` on, the
+        shares are the normalised ``weights`` (before the first stage, the rates above). How an experiment hands a
+        run the weights it found (DoReMi, a search, another run's stages: ``mixtures.stages.read_run_stages``).
+    adaptive: the name of an adaptive method (``odm``, or one registered with ``mixtures.AdaptiveRegistry``): it
+        observes each step's per-task training losses and appends a stage per block, one block late.
+    adaptive_every: the block length in sampler steps: an adaptive method proposes a stage every this many steps,
+        and every run logs each task's share per block.
+    adaptive_options: keyword options of the adaptive method (ODM: ``smoothing``, ``warmup_steps``,
+        ``update_every``).
     """
 
     rate: str | None = None
@@ -110,6 +150,12 @@ class MixingConfig:
     size_source: str | None = None
     schedule: RateSchedule | None = None
     max_passes: float | None = 100.0
+    unimax_max_epochs: float | None = None
+    unimax_budget: float | None = None
+    stages: Sequence[Mapping[str, Any]] | None = None
+    adaptive: str | None = None
+    adaptive_every: int = 100
+    adaptive_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.rate is not None and self.rate not in RATE_NAMES:
@@ -139,6 +185,26 @@ class MixingConfig:
                                f"got {self.max_passes!r}.")
         if self.rate == "explicit" and self.weights is None:
             pass  # the mixture's own member rates may supply them; checked at rates() time
+        for key in ("unimax_max_epochs", "unimax_budget"):
+            value = getattr(self, key)
+            if value is not None and not _positive(value):
+                raise MixtureError(f"mixing.{key} must be a positive number or null, got {value!r}.")
+        if not (isinstance(self.adaptive_every, int) and not isinstance(self.adaptive_every, bool)
+                and self.adaptive_every > 0):
+            raise MixtureError("mixing.adaptive_every must be a positive integer (steps), got "
+                               f"{self.adaptive_every!r}.")
+        if self.adaptive is not None and not (isinstance(self.adaptive, str) and self.adaptive):
+            raise MixtureError(f"mixing.adaptive must be a method name or null, got {self.adaptive!r}.")
+        if self.adaptive_options is not None:
+            if not isinstance(self.adaptive_options, Mapping):
+                raise MixtureError("mixing.adaptive_options must map option names to values, got "
+                                   f"{type(self.adaptive_options).__name__}.")
+            object.__setattr__(self, "adaptive_options", dict(self.adaptive_options))
+        if self.stages is not None:
+            object.__setattr__(self, "stages", _check_stages(self.stages))
+            if self.adaptive is not None or self.schedule is not None:
+                raise MixtureError("mixing.stages is a fixed stage list: it cannot be combined with "
+                                   f"mixing.{'adaptive' if self.adaptive is not None else 'schedule'}.")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | MixingConfig | None) -> MixingConfig:
@@ -174,7 +240,7 @@ class MixingConfig:
         """Fields set here win; ``None`` fields come from ``defaults`` (the mixture's defaults)."""
         if defaults is None:
             return self
-        kw = {f.name: getattr(self, f.name) if getattr(self, f.name) is not None or f.name == "max_passes"
+        kw = {f.name: getattr(self, f.name) if getattr(self, f.name) is not None or f.name in _RUN_FIELDS
               else getattr(defaults, f.name) for f in dataclasses.fields(self)}
         return MixingConfig(**kw)
 
@@ -186,6 +252,37 @@ class MixingConfig:
         else:
             out["schedule"] = None
         return out
+
+
+#: Fields that belong to the run, never taken from a mixture's defaults.
+_RUN_FIELDS = ("max_passes", "adaptive_every")
+
+
+def _check_stages(stages: Any) -> list[dict[str, Any]]:
+    """``mixing.stages`` as a list of ``{"start_step": int, "weights": {task: float}}`` in ascending start order."""
+    if isinstance(stages, (str, bytes, Mapping)) or not isinstance(stages, Sequence):
+        raise MixtureError("mixing.stages must be a list of {start_step, weights} entries, got "
+                           f"{type(stages).__name__}.")
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(stages):
+        if not isinstance(entry, Mapping) or set(entry) - {"start_step", "weights"} or "weights" not in entry:
+            raise MixtureError(f"mixing.stages[{i}] must be {{start_step: int, weights: {{task: weight}}}}, got "
+                               f"{entry!r}.")
+        start = entry.get("start_step", 0)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise MixtureError(f"mixing.stages[{i}].start_step must be a non-negative integer, got {start!r}.")
+        if out and start <= out[-1]["start_step"]:
+            raise MixtureError(f"mixing.stages[{i}].start_step={start} must be greater than the previous stage's "
+                               f"({out[-1]['start_step']}).")
+        weights = entry["weights"]
+        if not isinstance(weights, Mapping) or not weights:
+            raise MixtureError(f"mixing.stages[{i}].weights must map task names to weights, got {weights!r}.")
+        bad = {k: v for k, v in weights.items() if not _non_negative(v)}
+        if bad or not any(float(v) > 0 for v in weights.values()):
+            raise MixtureError(f"mixing.stages[{i}].weights need non-negative numbers, at least one positive; "
+                               f"got {dict(weights)}.")
+        out.append({"start_step": int(start), "weights": {str(k): float(v) for k, v in weights.items()}})
+    return out
 
 
 RateSpec = float | int | Scaled | Callable[[Any], float] | None

@@ -16,8 +16,9 @@ Design (why it is built this way)
   ``tasks.example_seed(seed, task.name, epoch_key, row)`` so an example's noise does not depend on batching.
 * **Draws.** ``granularity="example"`` (T5): every example's task is drawn from the mixture's shares.
   ``granularity="batch"`` (MT-DNN/jiant): one task per step (the same on every rank), all rows from it.
-  Draws at step ``s`` come from a generator seeded by ``(seed, pass, s)`` (plus the rank in packed mode), so
-  rate schedules by step are exact.
+  Draws at step ``s`` come from a generator seeded by ``(seed, pass, s)`` (plus the rank in packed mode) with the
+  shares of the stage holding ``s`` (:mod:`mixtures.stages`: static rates, schedules, fixed stage lists and adaptive
+  methods are all stage lists), so the stream is a function of ``(seed, stages, step)`` alone.
 * **Data parallel.** Padding mode: the plan is the *global* batch of ``world_size * batch_size`` examples and rank
   ``r`` takes rows ``[r*B, (r+1)*B)``, so concatenating ranks reproduces the single-process batch. Packing mode:
   each task's stream is sharded across ranks (rank ``r`` takes positions ``p ≡ r mod world_size``), each rank
@@ -26,9 +27,13 @@ Design (why it is built this way)
   completely (the rest of the pass keeps the mixture's rates; finished tasks start their next task-epoch). With
   padding all ranks end at the same step. With packing each rank ends when *its* shard is exhausted, so ranks
   may end a few steps apart: under DDP use padding for ``all_seen`` or cap the pass with ``num_batches``.
-* **Resume.** The state is a compact cursor (pass, step, per-task counters, a carried draw, observed counts).
-  ``state_dict()`` is the cursor after the last batch yielded by this process/worker, which is what
-  ``torchdata.stateful_dataloader.StatefulDataLoader`` snapshots per worker.
+* **Resume.** The state is a compact cursor (pass, step, per-task counters, a carried draw, observed counts), the
+  added rate stages and the adaptive method's state. ``state_dict()`` is the cursor after the last batch yielded by
+  this process/worker, which is what ``torchdata.stateful_dataloader.StatefulDataLoader`` snapshots per worker.
+* **Adaptive rates.** ``mixing.adaptive`` attaches an :class:`mixtures.stages.AdaptiveController`: the training loop
+  calls :meth:`MixtureDataset.observe` after every step with the per-task losses summed over ranks, and the method's
+  proposal becomes the stage of the block after next. Planning happens in this process (a 0-worker loader; the
+  dataset's own pool only materializes), so the stages it appends are the ones the next plans read.
 
 What the training code must do (Lightning)
 ------------------------------------------
@@ -48,6 +53,7 @@ import copy
 import hashlib
 import itertools
 import logging
+import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +68,7 @@ from .mixture import Mixture
 from .packing import FirstFitPacker, assemble, compact_offsets, to_torch
 from .permutation import FeistelPermutation
 from .rates import MixingConfig
+from .stages import Stages, fixed_stages
 
 #: How a batch's rows choose their task (the one list; `lightning_t5.train.schema` validates `data.granularity`
 #: with it).
@@ -197,6 +204,22 @@ class TaskSource:
                 self._bounds[(li, lt)] = got
         return got
 
+    def mean_tokens(self) -> float:
+        """Mean tokens (inputs + targets, EOS included, after truncation to the sequence length) of this task's final
+        examples, over every cached row, by the same length arithmetic the planner uses (vectorised)."""
+        li = np.diff(np.asarray(self._col("inputs")[0], np.int64))
+        lt = np.diff(np.asarray(self._col("targets")[0], np.int64))
+        if not self.supervised:
+            fn = getattr(self.task, "example_lengths", None)
+            if fn is None:
+                li = np.full_like(li, self.sequence_length["inputs"])
+                lt = np.full_like(lt, self.sequence_length["targets"])
+            else:
+                li, lt = fn(li, lt, self.sequence_length)
+        li = np.minimum(li, self.sequence_length["inputs"])
+        lt = np.minimum(lt, self.sequence_length["targets"])
+        return float((li + lt).mean()) if li.size else 0.0
+
     def get(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Tokens of one cached row (int32)."""
         (io, iv), (to, tv) = self._col("inputs"), self._col("targets")
@@ -220,16 +243,40 @@ _POOL_DATASET: list[Any] = []
 
 
 def _pool_init(key: int) -> None:
+    """A forked materialize worker: one thread, its dataset, and signal handling of its own. The fork inherits the
+    training process's handlers: Lightning's SIGTERM handler logs and returns, so `pool.terminate()` (SIGTERM) would
+    not end the worker and `pool.join()` would wait forever at the end of a run; the terminal's Ctrl-C is the
+    training process's to handle (it saves a checkpoint), not the workers'."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _POOL_DATASET[:] = [_POOLED[key]]
 
 
-def _pool_materialize(plan: Any, pass_: int) -> tuple[dict[str, torch.Tensor], int, int, int]:
+def _close_pool(pool: Any, pending: list, wait_s: float = 60.0) -> None:
+    """End a materialize pool whose stream stopped, possibly with batches still in flight (a closed generator).
+
+    ``Pool.terminate()`` with results outstanding races its own result-handler thread (CPython raises "Cannot have
+    cache with result_hander not alive" and leaves the workers running, so ``join()`` never returns). The in-flight
+    batches (at most two per worker) are awaited first, so the pool's cache is empty when it is terminated; a worker
+    that died leaves its result unanswered, and after ``wait_s`` the workers are ended directly.
+    """
+    for result in pending:
+        result.wait(wait_s)
+    try:
+        pool.terminate()
+    except AssertionError:  # the race above, when a result never came back
+        for proc in pool._pool:
+            proc.kill()
+    pool.join()
+
+
+def _pool_materialize(plan: Any, pass_: int) -> tuple[dict[str, torch.Tensor], int, int, int, np.ndarray]:
     """A pool worker: one planned batch's tokens, and the counters materializing it adds."""
     ds = _POOL_DATASET[0]
-    scratch = _Cursor(pass_=pass_)
+    scratch = _Cursor(pass_=pass_, task_tokens=np.zeros(len(ds.task_names), np.int64))
     batch = ds._materialize(plan, scratch)
-    return batch, scratch.truncated, scratch.real_tokens, scratch.slot_tokens
+    return batch, scratch.truncated, scratch.real_tokens, scratch.slot_tokens, scratch.task_tokens
 
 
 @dataclass
@@ -243,11 +290,13 @@ class _Cursor:
     truncated: int = 0
     real_tokens: int = 0
     slot_tokens: int = 0
+    task_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # tokens built per task
 
     def to_state(self) -> dict[str, Any]:
         return {"version": _STATE_VERSION, "pass": self.pass_, "step": self.step, "counts": self.counts.tolist(),
                 "pending": self.pending, "observed": self.observed.tolist(), "done": self.done,
-                "truncated": self.truncated, "real_tokens": self.real_tokens, "slot_tokens": self.slot_tokens}
+                "truncated": self.truncated, "real_tokens": self.real_tokens, "slot_tokens": self.slot_tokens,
+                "task_tokens": self.task_tokens.tolist()}
 
     @classmethod
     def from_state(cls, sd: Mapping[str, Any], num_tasks: int) -> _Cursor:
@@ -256,7 +305,8 @@ class _Cursor:
                                f"tasks) into a mixture of {num_tasks} tasks (state version {_STATE_VERSION}).")
         return cls(int(sd["pass"]), int(sd["step"]), np.asarray(sd["counts"], np.int64), int(sd["pending"]),
                    np.asarray(sd["observed"], np.int64), bool(sd["done"]), int(sd.get("truncated", 0)),
-                   int(sd.get("real_tokens", 0)), int(sd.get("slot_tokens", 0)))
+                   int(sd.get("real_tokens", 0)), int(sd.get("slot_tokens", 0)),
+                   np.asarray(sd.get("task_tokens", [0] * num_tasks), np.int64))
 
 
 @dataclass
@@ -275,7 +325,8 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         split: data split of every task.
         sequence_length: ``{"inputs": L_in, "targets": L_out}``.
         batch_size: rows per batch *per rank*.
-        mixing: :class:`MixingConfig` or mapping (``None`` fields take the mixture's defaults).
+        mixing: :class:`MixingConfig` or mapping (``None`` fields take the mixture's defaults); its ``stages`` and
+            ``adaptive`` fields make the rates change during training (:mod:`mixtures.stages`).
         pack: pack several examples per row (T5) or pad one example per row.
         granularity: ``"example"`` (T5: each example's task drawn) or ``"batch"`` (MT-DNN: one task per batch).
         epoch_mode: ``"continuous"`` (infinite; tasks reshuffled and repeated) or ``"all_seen"`` (a pass ends once every
@@ -322,10 +373,24 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             mixture.validate(split, self.mixing, self.sequence_length)
         self.task_names = mixture.task_names
         self._tasks = mixture.tasks
-        self._probs_at = mixture.rate_schedule(split, self.mixing, self.sequence_length)
-        start = self._probs_at(0)
-        end = self._probs_at(1 << 62)
+        effective = self.mixing.merged_over(mixture.defaults)
+        # the rates over training: the config's own (one stage, or a schedule's stage per step), then mixing.stages,
+        # then whatever the adaptive method appends (the sampler reads only this)
+        self.stages = Stages(self.task_names, mixture.rate_schedule(split, self.mixing, self.sequence_length),
+                             schedule=effective.schedule)
+        fixed_stages(self.stages, effective.stages)
+        from .adaptive import build_controller
+
+        self.adaptive = build_controller(effective, self.stages)
+        if self.adaptive is not None and self.num_workers and self.adaptive.every <= 2 * self.num_workers:
+            raise MixtureError(f"mixing.adaptive_every={self.adaptive.every} must exceed the steps the sampler plans "
+                               f"ahead (2 x data.num_workers = {2 * self.num_workers}).")
+        self._probs_at = self.stages
+        start = self.stages.base(0)
+        end = self.stages.base(1 << 62)
         self._active = (start > 0) | (end > 0)
+        for stage in self.stages.added:
+            self._active |= stage.shares > 0
         # every task's token store, opened once per rank (memory maps: workers inherit only paths and small state)
         self._sources: dict[int, TaskSource] = {
             t: TaskSource(task, split, self.sequence_length) for t, task in enumerate(self._tasks)}
@@ -350,14 +415,24 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 self._cursor = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Cursor after the last batch this process/worker yielded (exact mid-epoch resume)."""
+        """Cursor after the last batch this process/worker yielded (exact mid-epoch resume), the rate stages and the
+        adaptive method's state (read when the checkpoint is written: it holds every step observed so far)."""
         cur = self._cursor or self._fresh_cursor()
         return {**cur.to_state(), "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-                "fingerprints": dict(self.fingerprints), "rates": self._rates_signature()}
+                "fingerprints": dict(self.fingerprints), "rates": self._rates_signature(),
+                "stages": self.stages.state_dict(),
+                "adaptive": self.adaptive.state_dict() if self.adaptive is not None else None}
+
+    def observe(self, step: int, loss_sums: Any, token_counts: Any) -> Any:
+        """Feed one training step's per-task loss sums and target-token counts (summed over every rank) to the
+        adaptive method (``mixing.adaptive``); returns the stage it appended at a block boundary, if any."""
+        if self.adaptive is None:
+            raise MixtureError("observe() needs an adaptive method (mixing.adaptive).")
+        return self.adaptive.observe(step, loss_sums, token_counts)
 
     def _rates_signature(self) -> dict[str, list[float]]:
         """Each task's share at the first step and at the end of the rate schedule (what decides the stream)."""
-        start, end = self._probs_at(0), self._probs_at(1 << 62)
+        start, end = self.stages.base(0), self.stages.base(1 << 62)
         return {n: [float(start[i]), float(end[i])] for i, n in enumerate(self.task_names)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -366,8 +441,22 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 raise MixtureError(f"sampler state was saved with {key}={state[key]} but this dataset has "
                                    f"{key}={getattr(self, key)}; resume with the same seed and data-parallel layout.")
         self._check_same_data(state)
+        self._load_stages(state)
         self._cursor = _Cursor.from_state(state, len(self._tasks))
         self._epoch = self._cursor.pass_
+
+    def _load_stages(self, state: Mapping[str, Any]) -> None:
+        """The added stages and the adaptive method's state, checked against this run's mixing settings."""
+        saved_adaptive = state.get("adaptive")
+        if (saved_adaptive is None) != (self.adaptive is None):
+            was = saved_adaptive.get("method") if saved_adaptive else None
+            now = self.adaptive.name if self.adaptive is not None else None
+            raise MixtureError(f"cannot resume: the checkpoint was trained with mixing.adaptive={was!r}, this run has "
+                               f"mixing.adaptive={now!r}; resume with the original mixing settings.")
+        if "stages" in state:
+            self.stages.load_state_dict(state["stages"])
+        if self.adaptive is not None:
+            self.adaptive.load_state_dict(saved_adaptive)
 
     def _check_same_data(self, state: Mapping[str, Any]) -> None:
         """Resume safety: the saved stream was drawn from these exact caches at these exact rates."""
@@ -395,12 +484,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     def planned_passes(self, num_batches: int, probe_batches: int = 16) -> dict[str, dict[str, float]]:
         """Per task: its size, the examples ``num_batches`` planned batches (all ranks) draw from it, and how many
         passes over its data that makes. Packing's examples per batch are measured on the first batches' plan."""
-        cur = self._fresh_cursor()
-        steps = 0
-        for _ in itertools.islice(self._plans(cur), probe_batches):
-            steps += 1
-        per_batch = cur.observed.sum() / max(steps, 1) * self.world_size  # this rank's rows -> all ranks
-        shares = np.maximum(self._probs_at(0), self._probs_at(1 << 62))
+        per_batch = self.examples_per_step(probe_batches)
+        shares = np.maximum(self.stages.base(0), self.stages.base(1 << 62))
+        for stage in self.stages.added:
+            shares = np.maximum(shares, stage.shares)
         out = {}
         for i, name in enumerate(self.task_names):
             examples = float(num_batches * per_batch * shares[i])
@@ -408,9 +495,21 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                          "passes": examples / max(int(self._sizes[i]), 1)}
         return out
 
-    def check_passes(self, num_batches: int, max_passes: float | None) -> dict[str, dict[str, float]]:
+    def examples_per_step(self, probe_batches: int = 16) -> float:
+        """Examples one step draws over all ranks: the global batch when padding; when packing, measured on the plan
+        of the first ``probe_batches`` batches at the config's rates (no tokens built)."""
+        if not self.pack:
+            return float(self.batch_size * self.world_size)
+        cur = self._fresh_cursor()
+        steps = 0
+        for _ in itertools.islice(self._plans(cur, self.stages.base), probe_batches):
+            steps += 1
+        return float(cur.observed.sum() / max(steps, 1) * self.world_size)  # this rank's rows -> all ranks
+
+    def check_passes(self, num_batches: int, max_passes: float | None,
+                     passes: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
         """Log each task's planned passes; raise if one exceeds ``max_passes`` (silent repetition)."""
-        passes = self.planned_passes(num_batches)
+        passes = passes if passes is not None else self.planned_passes(num_batches)
         log.info("planned passes over each task's data in %d batches: %s", num_batches,
                  ", ".join(f"{n} {p['passes']:.3g}" for n, p in passes.items()))
         if max_passes is None:
@@ -423,27 +522,31 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             corpus = [t for t in corpus if not getattr(t, "supervised", True) and hasattr(t, "token_cache")]
             how = ""
             if corpus:
-                from tasks.cache import cache_command
+                from tasks.cache import corpus_hint
 
-                cmd = cache_command(corpus[0], self.split, self.sequence_length)
-                how = (f" For a corpus task, cache a bigger corpus, e.g. C4 from the hub: `LIGHTNING_T5_SOURCE=hub "
-                       f"{cmd}{'' if '--max-tokens' in cmd else ' --max-tokens 20000000000'} --num-proc 8` and train "
-                       "with LIGHTNING_T5_SOURCE=hub (README \"Pre-training on C4\").")
+                factor = over[corpus[0].name]["passes"] / max_passes  # how much more text the task needs
+                how = " " + corpus_hint(corpus[0], self.split, self.sequence_length, factor)
             raise MixtureError(f"the run would repeat data more than mixing.max_passes={max_passes} times: {lines}. "
                                "Fix: fewer steps (trainer.max_steps), more data, a lower rate for that task, or raise "
                                f"mixing.max_passes (null disables the check).{how}")
         return passes
 
     def target_shares(self, step: int = 0) -> dict[str, float]:
-        return dict(zip(self.task_names, self._probs_at(step).tolist()))
+        return dict(zip(self.task_names, self.stages.latest(step).tolist()))
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Observed share of each task (examples this rank/worker has planned) next to its target share."""
         cur = self._cursor or self._last or self._fresh_cursor()
         total = max(int(cur.observed.sum()), 1)
-        target = self._probs_at(cur.step)
+        target = self.stages.latest(cur.step)
         return {n: {"target": float(target[i]), "observed": float(cur.observed[i] / total),
                     "count": int(cur.observed[i])} for i, n in enumerate(self.task_names)}
+
+    def drawn(self) -> dict[str, dict[str, int]]:
+        """Examples and tokens (after truncation, inputs + targets) this rank/worker has built per task so far."""
+        cur = self._cursor or self._last or self._fresh_cursor()
+        return {n: {"examples": int(cur.observed[i]), "tokens": int(cur.task_tokens[i])}
+                for i, n in enumerate(self.task_names)}
 
     def counters(self) -> dict[str, float]:
         """Batches planned, examples truncated and packing efficiency (non-pad share of the batches this
@@ -457,7 +560,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         when padding; packing needs example lengths). Does not change this dataset's state."""
         cur = self._fresh_cursor()
         n = 0
-        for plan in self._plans(cur):
+        for plan in self._plans(cur, self.stages.base if self.adaptive is not None else None):
             n += len(plan.task_ids)
             if n >= num_examples:
                 break
@@ -466,6 +569,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         nw, wid = (info.num_workers, info.id) if info is not None else (1, 0)
+        if info is not None and self.adaptive is not None:
+            raise MixtureError("mixing.adaptive needs the sampler to plan in the training process: use a loader with "
+                               "num_workers=0 and MixtureDataset(num_workers=N) for parallel batch building.")
         cursor = copy.deepcopy(self._cursor) if self._cursor is not None else self._fresh_cursor()
         if cursor.done:  # a finished pass was loaded: start the next one
             self._epoch = cursor.pass_ + 1
@@ -505,18 +611,18 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 if not pending:
                     break
                 result, snapshot, step = pending.popleft()
-                batch, truncated, real, slot = result.get()
+                batch, truncated, real, slot, task_tokens = result.get()
                 for c in (cursor, *(p[1] for p in pending), snapshot):  # materialize's counters, in stream order
                     c.truncated += truncated
                     c.real_tokens += real
                     c.slot_tokens += slot
+                    c.task_tokens += task_tokens
                 self._cursor = snapshot
                 if self.log_every and (step + 1) % self.log_every == 0:
                     self._log_stats()
                 yield batch
         finally:
-            pool.terminate()
-            pool.join()
+            _close_pool(pool, [p[0] for p in pending])
             _POOLED.pop(id(self), None)
         self._last = cursor
         self._cursor = None
@@ -530,7 +636,8 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     # ------------------------------------------------------------------------------------------ plan
     def _fresh_cursor(self) -> _Cursor:
         n = len(self._tasks)
-        return _Cursor(pass_=self._epoch, counts=np.zeros(n, np.int64), observed=np.zeros(n, np.int64))
+        return _Cursor(pass_=self._epoch, counts=np.zeros(n, np.int64), observed=np.zeros(n, np.int64),
+                       task_tokens=np.zeros(n, np.int64))
 
     def _source(self, t: int) -> TaskSource:
         return self._sources[t]
@@ -550,19 +657,21 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             need = self._sizes
         return bool(np.all((cur.counts >= need) | ~self._active))
 
-    def _plans(self, cur: _Cursor) -> Iterator[_Plan]:
-        """Yield the plan of each batch, advancing ``cur`` in place (cheap: no tokens touched when padding)."""
+    def _plans(self, cur: _Cursor, rates: Any = None) -> Iterator[_Plan]:
+        """Yield the plan of each batch, advancing ``cur`` in place (cheap: no tokens touched when padding).
+        ``rates`` (``step -> shares``) defaults to the stages; probes of an adaptive run pass the config's rates."""
+        rates = rates if rates is not None else self.stages
         while not cur.done and (self.num_batches is None or cur.step < self.num_batches):
-            plan = self._plan_padded(cur) if not self.pack else self._plan_packed(cur)
+            probs = rates(cur.step)
+            plan = self._plan_padded(cur, probs) if not self.pack else self._plan_packed(cur, probs)
             np.add.at(cur.observed, plan.task_ids, 1)
             cur.step += 1
             if self.epoch_mode == "all_seen" and self._all_seen(cur):
                 cur.done = True
             yield plan
 
-    def _plan_padded(self, cur: _Cursor) -> _Plan:
+    def _plan_padded(self, cur: _Cursor, probs: np.ndarray) -> _Plan:
         g = self.world_size * self.batch_size
-        probs = self._probs_at(cur.step)
         if self.granularity == "batch":
             t = int(self._draw(probs, self._rng(_TAG_BATCH, cur.pass_, cur.step), 1)[0])
             tasks = np.full(g, t, np.int64)
@@ -586,10 +695,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         li, lt = src.lengths(src.row(self.seed, cur.pass_, position)[0])
         return min(li, self.sequence_length["inputs"]), min(lt, self.sequence_length["targets"])
 
-    def _plan_packed(self, cur: _Cursor) -> _Plan:
+    def _plan_packed(self, cur: _Cursor, probs: np.ndarray) -> _Plan:
         W, r = self.world_size, self.rank
         packer = FirstFitPacker(self.batch_size, self.sequence_length["inputs"], self.sequence_length["targets"], True)
-        probs = self._probs_at(cur.step)
         tasks, positions, places = [], [], []
         if self.granularity == "batch":
             fixed = int(self._draw(probs, self._rng(_TAG_BATCH, cur.pass_, cur.step), 1)[0])
@@ -657,7 +765,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         else:
             rows, eo, do, seg = np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, np.int64)
         arrays = assemble(inputs, targets, rows, eo, do, seg, plan.task_ids, self.batch_size, L_in, L_t)
-        cur.real_tokens += int(sum(map(len, inputs)) + sum(map(len, targets)))
+        lengths = np.fromiter(map(len, inputs), np.int64, n) + np.fromiter(map(len, targets), np.int64, n)
+        cur.task_tokens += np.bincount(plan.task_ids, weights=lengths, minlength=len(cur.task_tokens)).astype(np.int64)
+        cur.real_tokens += int(lengths.sum())
         cur.slot_tokens += self.batch_size * (L_in + L_t)
         return to_torch(arrays)
 

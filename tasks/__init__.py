@@ -33,6 +33,8 @@ The caches live under ``$LIGHTNING_T5_CACHE`` (default ``~/.cache/lightning_t5``
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterable, Sequence
 
 from tasks import metrics, postprocessors, preprocessors
@@ -43,14 +45,32 @@ from tasks.utils import cache_root, example_seed
 from tasks.vocabulary import SentencePieceVocabulary, get_default_vocabulary, train_vocabulary
 
 
+def _working_directory_on_path() -> None:
+    """Put the directory the command runs from first on ``sys.path``, as ``python -m`` does.
+
+    Why: ``python -m tasks`` and ``python -m mixtures`` see a ``my_tasks.py`` in the working directory because ``-m``
+    puts it there, but ``python /path/to/train.py`` puts only the script's directory there. Doing it here, the one
+    place every entry point imports user modules through, gives all of them the same rule: the directory you run from
+    (first), then the script's directory and ``PYTHONPATH``. It stays on the path so that spawned data-loader workers,
+    which receive the parent's ``sys.path``, can unpickle the user's preprocessors.
+    """
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
 def import_modules(names: Iterable[str] | None) -> list[object]:
     """Import user modules that register tasks/mixtures (config key ``imports``).
 
-    A missing module is a :class:`TaskError` that names it and says to check ``sys.path``; an error
+    Modules are found in the directory the command runs from, then on the usual Python path (the script's directory,
+    ``PYTHONPATH``). A missing module is a :class:`TaskError` that names it and says where it was looked for; an error
     *inside* the module propagates unchanged, so its traceback points at the user's bug.
     """
+    names = list(names or ())
+    if names:
+        _working_directory_on_path()
     modules = []
-    for name in names or ():
+    for name in names:
         if not isinstance(name, str) or not name:
             raise TaskError(f"imports: each entry must be a module name string, got {name!r}.")
         try:
@@ -58,9 +78,9 @@ def import_modules(names: Iterable[str] | None) -> list[object]:
         except ModuleNotFoundError as err:
             if err.name and (name == err.name or name.startswith(err.name + ".")):
                 raise TaskError(
-                    f"imports: cannot import module '{name}' (config key `imports`). Make sure it is on "
-                    "the Python path (e.g. run from its directory or set PYTHONPATH) and spelled as a "
-                    "module name (my_pkg.my_tasks, not a file path)."
+                    f"imports: cannot import module '{name}' (config key `imports`). It is looked for in the "
+                    f"directory you run from ({os.getcwd()}), then on the Python path (the script's directory, "
+                    "PYTHONPATH); spell it as a module name (my_pkg.my_tasks, not a file path)."
                 ) from err
             raise
     return modules

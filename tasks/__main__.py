@@ -4,9 +4,13 @@
     python -m tasks show NAME [--split S] [-n N] [--json]  # raw row, text pair, token ids
     python -m tasks vocab --tasks T [T ...] --size 8000 --out data/vocab/spiece.model
     python -m tasks reference > docs/reference.md          # every preprocessor, postprocessor, metric, objective
-    python -m tasks cache NAME [NAME ...] [--splits S ...] [--num-proc N] [--max-tokens T]   # offline token caches
+    python -m tasks cache NAME [NAME ...] [--splits S ...] [--num-proc N] [--max-tokens T] [key=value ...]
+    python -m tasks cache --list [NAME ...]                # every cache folder: size, status, in use by a job
+    python -m tasks cache --prune [NAME ...]               # remove the folders nothing uses (never one a job has open)
 
-Tasks of your own module: add `imports=[my_tasks]` or `--imports my_tasks` anywhere on the line.
+Tasks of your own module: add `imports=[my_tasks]` or `--imports my_tasks` anywhere on the line. `cache` and `show`
+take the run's defaults from configs/config.yaml and train.py's overrides (`data.sequence_length.inputs=512`), so
+the cache they build is the one `python train.py` with the same overrides reads (tasks/run_defaults.py).
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ def _unsupervised_examples(task, split: str, n: int, sequence_length: dict[str, 
         }
 
 
+def _sequence_length(args: argparse.Namespace) -> dict[str, int]:
+    """The run's sequence lengths (configs/config.yaml + key=value overrides); the length flags override them."""
+    from tasks.run_defaults import load_run_config, run_sequence_length
+
+    seq = run_sequence_length(load_run_config(args.overrides))
+    return {"inputs": args.inputs_length or seq["inputs"], "targets": args.targets_length or seq["targets"]}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from tasks import TaskRegistry
 
@@ -95,8 +107,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if task.supervised:
         examples = _supervised_examples(task, split, args.n)
     else:
-        length = {"inputs": args.inputs_length, "targets": args.targets_length}
-        examples = _unsupervised_examples(task, split, args.n, length)
+        examples = _unsupervised_examples(task, split, args.n, _sequence_length(args))
     for i, ex in enumerate(examples):
         if args.json:
             print(json.dumps(ex, ensure_ascii=False))
@@ -137,14 +148,73 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+_STATUS = {
+    "current": "current",
+    "superseded": "superseded by a newer version",
+    "stale": "stale: the task's data, vocabulary or preprocessors changed",
+    "unregistered": "task not registered here (kept; add --imports MODULE)",
+    "unfinished": "unfinished build (resumable)",
+    "old layout": "older cache layout",
+    "leftover": "leftover of a killed build or cleanup",
+}
+
+
+def _cache_folders(args: argparse.Namespace) -> int:
+    """``--list`` and ``--prune``: every token-cache folder against the registered tasks (tasks/cache.py)."""
+    from tasks import TaskRegistry
+    from tasks.cache import list_caches, prune_caches
+    from tasks.utils import cache_root
+
+    entries = list_caches({n: TaskRegistry.get(n) for n in TaskRegistry.names()}, args.names or None)
+    base = cache_root() / "tokens"
+    mb = lambda n: f"{n / 2**20:,.1f} MB"  # noqa: E731
+    if args.prune:
+        removed = prune_caches(entries)
+        for e, ok in removed:
+            print(f"{'removed' if ok else 'kept (opened meanwhile)'}  {e.path.relative_to(base)}  {mb(e.size)}  "
+                  f"({_STATUS[e.status]})")
+        freed = sum(e.size for e, ok in removed if ok)
+        kept = [e for e in entries if not e.removable]
+        print(f"removed {sum(ok for _, ok in removed)} folder(s), {mb(freed)}; kept {len(kept)} "
+              f"({', '.join(f'{n} {s}' for s, n in _counts(kept).items()) or 'none'})")
+        return 0
+    if not entries:
+        print(f"no token caches under {base}")
+        return 0
+    print(f"token caches under {base}:")
+    print(f"{'folder':<60} {'rows':>11} {'tokens':>14} {'size':>12}  in use  status")
+    for e in entries:
+        rows = f"{e.stats['rows']:,}" if "rows" in e.stats else "-"
+        tokens = f"{e.stats['total_tokens']:,}" if "total_tokens" in e.stats else "-"
+        budget = f", max_tokens={e.stats['max_tokens']:,}" if e.stats.get("max_tokens") else ""
+        print(f"{str(e.path.relative_to(base)):<60} {rows:>11} {tokens:>14} {mb(e.size):>12}  "
+              f"{'yes' if e.in_use else 'no':>6}  {_STATUS[e.status]}{budget}")
+    removable = [e for e in entries if e.removable]
+    print(f"{len(entries)} folder(s), {mb(sum(e.size for e in entries))}; removable (unused, nothing current reads "
+          f"them): {len(removable)}, {mb(sum(e.size for e in removable))} -> python -m tasks cache --prune")
+    return 0
+
+
+def _counts(entries: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in entries:
+        label = "in use" if e.in_use else e.status
+        out[label] = out.get(label, 0) + 1
+    return out
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     """Build the memory-mapped token caches training reads (tasks/cache.py); resumes an interrupted build."""
     import time
 
-    from tasks import TaskRegistry
+    from tasks import TaskError, TaskRegistry
     from tasks.cache import build_cache
 
-    length = {"inputs": args.inputs_length, "targets": args.targets_length}
+    if args.list or args.prune:
+        return _cache_folders(args)
+    if not args.names:
+        raise TaskError("python -m tasks cache: name the task(s) to cache, or pass --list / --prune.")
+    length = _sequence_length(args)
     for name in args.names:
         task = TaskRegistry.get(name)
         for split in args.splits or ["train"]:
@@ -173,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per example: {"raw", "inputs", "targets", "inputs_ids", "targets_ids"}')
-    p.add_argument("--inputs-length", type=int, default=512, help="unsupervised tasks: encoder length")
-    p.add_argument("--targets-length", type=int, default=114, help="unsupervised tasks: decoder length")
+    p.add_argument("--inputs-length", type=int, default=None,
+                   help="unsupervised tasks: encoder length (default: data.sequence_length.inputs)")
+    p.add_argument("--targets-length", type=int, default=None,
+                   help="unsupervised tasks: decoder length (default: data.sequence_length.targets)")
     p.set_defaults(fn=cmd_show)
 
     p = sub.add_parser("vocab", help="train a SentencePiece vocabulary (T5 ids) on tasks' text")
@@ -191,14 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print docs/reference.md: every preprocessor, postprocessor, metric, objective")
     p.set_defaults(fn=cmd_reference)
     p = sub.add_parser("cache", help="build tasks' token caches offline (sharded, resumable; streams corpora)")
-    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--list", action="store_true",
+                   help="list every token-cache folder (of the NAMEs, or all): size, rows, whether a running job has "
+                        "it open, and whether anything current reads it")
+    p.add_argument("--prune", action="store_true",
+                   help="remove the folders nothing uses: superseded versions, stale keys (the task's data, vocabulary "
+                        "or preprocessors changed), older layouts, leftovers; never one a running job has open, nor "
+                        "one of a task not registered here")
     p.add_argument("--splits", nargs="+", default=None, help="default: train")
     p.add_argument("--num-proc", type=int, default=1, help="tokenizing processes (default 1)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="stop at the first shard boundary with this many tokens (a corpus budget, e.g. C4)")
     p.add_argument("--shard-rows", type=int, default=20_000, help="raw rows per shard (the unit of resumption)")
-    p.add_argument("--inputs-length", type=int, default=512, help="corpus tasks: encoder length of the windows")
-    p.add_argument("--targets-length", type=int, default=114, help="corpus tasks: decoder length of the windows")
+    p.add_argument("--inputs-length", type=int, default=None,
+                   help="corpus tasks: encoder length of the windows (default: data.sequence_length.inputs)")
+    p.add_argument("--targets-length", type=int, default=None,
+                   help="corpus tasks: decoder length of the windows (default: data.sequence_length.targets)")
     p.set_defaults(fn=cmd_cache)
     return parser
 
@@ -213,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from tasks.run_defaults import split_overrides
+
+    overrides, argv = split_overrides(argv)  # key=value: the run's config (train.py's syntax)
     args = build_parser().parse_args(argv)
+    args.overrides = overrides
     datasets.disable_progress_bars()
     try:
         import_modules(modules)

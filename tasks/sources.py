@@ -60,6 +60,12 @@ class DataSource(abc.ABC):
         """Row count without tokenizing (cheap); None when unknown without loading."""
         return None
 
+    @property
+    def reads_hub(self) -> bool:
+        """Whether loading goes to the Hugging Face Hub (network access, or datasets' copy of an earlier download)
+        rather than to files or memory on this machine."""
+        return False
+
     def fingerprint(self, split: str) -> str:
         norm = callable_fingerprint(self.normalize) if self.normalize else ""
         return stable_hash(type(self).__name__, self._raw_fingerprint(split), norm)
@@ -140,6 +146,10 @@ class HubSource(DataSource):
     def _raw_fingerprint(self, split: str) -> str:
         return stable_hash(self.path, self.name, self.revision, self.split_map.get(split, split))
 
+    @property
+    def reads_hub(self) -> bool:
+        return True
+
     def describe(self) -> str:
         return f"hub:{self.path}" + (f"/{self.name}" if self.name else "")
 
@@ -216,7 +226,16 @@ class FileSource(DataSource):
             # Find the offending line ourselves: datasets' message rarely names it.
             for path in paths:
                 _diagnose_text_file(path, json_lines=builder == "json")
-            raise TaskError(f"Could not read data files {[str(p) for p in paths]} (split '{split}'): {err}") from err
+            empty = [str(p) for p in paths
+                     if not (p.stat().st_size if builder == "parquet" else p.read_bytes().strip())]
+            if empty:
+                raise TaskError(
+                    f"Data file(s) for split '{split}' are empty: {', '.join(empty)}. Put the rows in the file, or "
+                    "drop the split from the task's FileSource."
+                ) from err
+            raise TaskError(
+                f"Could not read data files {[str(p) for p in paths]} (split '{split}'): {_reason(err)}"
+            ) from err
 
     def _raw_fingerprint(self, split: str) -> str:
         paths = self._check_files(split)
@@ -252,6 +271,19 @@ def _check_utf8(path: Path) -> None:
         raise TaskError(
             f"{path}, line {lineno}: not valid UTF-8 ({err.reason} at byte {err.start}). Re-encode the file as UTF-8."
         ) from None
+
+
+def _reason(err: BaseException) -> str:
+    """An exception and its causes as one line (``datasets`` often raises with an empty message or a generic one
+    whose cause holds the reason)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen and len(parts) < 4:
+        seen.add(id(err))
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        parts.append(f"{type(err).__name__}: {text}" if text else type(err).__name__)
+        err = err.__cause__ or err.__context__
+    return " <- ".join(parts)
 
 
 def _diagnose_text_file(path: Path, json_lines: bool) -> None:
@@ -339,6 +371,10 @@ class LocalOrHubSource(DataSource):
     @property
     def streaming(self) -> bool:  # type: ignore[override]
         return self.active.streaming
+
+    @property
+    def reads_hub(self) -> bool:
+        return self.active.reads_hub
 
     def load(self, split: str):
         self.check_split(split)

@@ -24,7 +24,9 @@ import difflib
 import inspect
 import itertools
 import json
+import os
 import re
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,6 +49,7 @@ TOKEN_FEATURES = datasets.Features(
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MAP_BATCH = 1000
+LABEL_CHECK_EXAMPLES = 100  # examples whose targets Task.check_label_choices compares with label_choices
 
 
 @runtime_checkable
@@ -72,6 +75,49 @@ def _accepts_split(fn: Callable[..., Any]) -> bool:
 def _short(value: Any, limit: int = 300) -> str:
     text = json.dumps(value, ensure_ascii=False, default=repr)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _row_location(source: DataSource, split: str, index: int) -> str:
+    """Where row ``index`` of ``split`` comes from, for error messages: ``file F, line N`` for local JSON Lines and text
+    files (counted again here, on the error path only: JSON Lines skip blank lines as ``datasets`` does), the file(s)
+    for other formats, else the source's one-line description."""
+    source = getattr(source, "active", source)  # LocalOrHubSource: the source actually read
+    files = getattr(source, "files", {}).get(split) if isinstance(getattr(source, "files", None), Mapping) else None
+    if not files:
+        return f"source: {source.describe()}"
+    fmt = getattr(source, "format", "")
+    if fmt in ("json", "jsonl", "text", "txt"):
+        remaining = index
+        try:
+            for path in files:
+                with open(path, encoding="utf-8", errors="replace") as fh:  # universal newlines, as datasets reads
+                    for lineno, line in enumerate(fh, start=1):
+                        if fmt in ("json", "jsonl") and not line.strip():
+                            continue
+                        if remaining == 0:
+                            return f"file {path}, line {lineno}"
+                        remaining -= 1
+        except OSError:
+            pass
+    if len(files) == 1:
+        return f"file {files[0]}"
+    return f"one of the files {[str(p) for p in files]}"
+
+
+def _raised_at(err: BaseException, fn: Callable[..., Any]) -> str:
+    """``file:line`` of the user's code that raised ``err``: the deepest frame in ``fn``'s own file, else the deepest
+    frame (the exception may come from a library the preprocessor called)."""
+    frames = traceback.extract_tb(err.__traceback__)[1:]  # [0] is Task.preprocess_row
+    if not frames:
+        return ""
+    target = getattr(fn, "func", fn)  # functools.partial
+    code = getattr(target, "__code__", None) or getattr(getattr(target, "__call__", None), "__code__", None)
+    filename = code.co_filename if code is not None else None
+    frame = ([f for f in frames if f.filename == filename] or frames)[-1]
+    where = frame.filename
+    if os.path.isabs(where) and where.startswith(os.getcwd() + os.sep):
+        where = os.path.relpath(where)
+    return f", at {where}:{frame.lineno}"
 
 
 def _to_list_array(seqs: Sequence[Sequence[int]], append: int | None = None) -> pa.Array:
@@ -121,8 +167,14 @@ class Task:
         vocabulary: defaults to :func:`tasks.get_default_vocabulary`.
         label_choices: target strings of a classification task (for rank classification).
         benchmark: ``"glue"``, ``"super_glue"`` or None, for benchmark averages.
-        supervised: defaults to ``not token_preprocessors``.
+        supervised: defaults to ``not token_preprocessors``. ``supervised=True`` with token preprocessors is refused:
+            a supervised task is trained on its cached rows as they are and scored against its text targets, so
+            an objective on it would either never run or train on examples evaluation never sees.
     """
+
+    #: (split, source, label_choices) already compared by :meth:`check_label_choices`; keyed by the source object, so
+    #: a copy made by ``with_source`` checks its own rows.
+    _label_checks: frozenset[tuple[Any, ...]] = frozenset()
 
     def __init__(
         self,
@@ -152,6 +204,15 @@ class Task:
                     f"Task '{name}': token preprocessor {tp!r} does not follow the TokenPreprocessor protocol "
                     "(name, cacheable, fingerprint(), __call__)."
                 )
+        if supervised and token_preprocessors:
+            raise TaskError(
+                f"Task '{name}': supervised=True with token preprocessors "
+                f"({', '.join(getattr(tp, 'name', repr(tp)) for tp in token_preprocessors)}). A supervised task is "
+                "trained on its rows as they are (inputs, targets + EOS) and scored against its text targets, so "
+                "the token preprocessors would never run. Leave supervised unset for an objective task (trained "
+                "with its objective, rated by mixing.unsupervised_rate, not evaluated), or do the transformation "
+                "in a text preprocessor."
+            )
         if benchmark not in (None, "glue", "super_glue"):
             raise TaskError(f"Task '{name}': benchmark must be 'glue', 'super_glue' or None, got {benchmark!r}.")
         self.name = name
@@ -210,7 +271,10 @@ class Task:
     # ------------------------------------------------------------------------------ text
     def _raw(self, split: str):
         self._check_split(split)
-        raw = self.source.load(split)
+        try:
+            raw = self.source.load(split)
+        except TaskError as err:  # a source knows its files, not the task reading them
+            raise TaskError(f"Task '{self.name}': {err}") from err
         if isinstance(raw, datasets.Dataset) and len(raw) == 0:
             raise TaskError(
                 f"Task '{self.name}', split '{split}' is empty (source: {self.source.describe()}). "
@@ -218,8 +282,18 @@ class Task:
             )
         return raw
 
+    def _row_context(self, split: str, index: int) -> str:
+        """``Task 'x', split 's', row i (file F, line N)``: the start of every error about one source row."""
+        return f"Task '{self.name}', split '{split}', row {index} ({_row_location(self.source, split, index)})"
+
     def preprocess_row(self, row: Row, split: str, index: int) -> list[Row]:
-        """All text-to-text examples one raw row produces (0, 1 or more), validated."""
+        """All text-to-text examples one raw row produces (0, 1 or more), validated.
+
+        Any exception from a preprocessor (the user's own code included: an ``IndexError`` for a label outside its
+        names, a ``TypeError`` from a field that came back null) becomes a :class:`TaskError` naming the task, the
+        split, the file and line, and the row; the original exception is its cause. Nothing is added per row: the
+        message is built only once something has failed.
+        """
         examples: list[Row] = [row]
         for fn, wants_split in zip(self.preprocessors, self._wants_split):
             produced: list[Row] = []
@@ -227,17 +301,19 @@ class Task:
                 try:
                     out = fn(ex, split=split) if wants_split else fn(ex)
                 except RowError as err:
-                    field = f" (field '{err.field}')" if err.field else ""
+                    field = f", field '{err.field}'" if err.field else ""
                     raise TaskError(
-                        f"Task '{self.name}', split '{split}', row {index}{field}: {err}. "
-                        f"Raw row: {_short(row)}"
+                        f"{self._row_context(split, index)}{field}: {err}. Raw row: {_short(row)}"
                     ) from None
                 except KeyError as err:
                     raise TaskError(
-                        f"Task '{self.name}', split '{split}', row {index}: preprocessor "
-                        f"{getattr(fn, '__name__', fn)!r} needs field {err.args[0]!r}, which the row lacks "
-                        f"(fields: {sorted(ex)}). Raw row: {_short(row)}"
+                        f"{self._row_context(split, index)}: preprocessor {getattr(fn, '__name__', fn)!r} needs "
+                        f"field {err.args[0]!r}, which the row lacks (fields: {sorted(ex)}). Raw row: {_short(row)}"
                     ) from None
+                except TaskError:
+                    raise
+                except Exception as err:
+                    raise TaskError(self._user_error(split, index, row, ex, fn, err)) from err
                 if out is None:
                     continue
                 produced.extend([out] if isinstance(out, Mapping) else out)
@@ -250,11 +326,20 @@ class Task:
                                 f" fields present: {sorted(k for k, v in row.items() if v is not None)})"
                                 if ex.get(key) is None else "")
                         raise TaskError(
-                            f"Task '{self.name}', split '{split}', row {index}: after preprocessing, field "
+                            f"{self._row_context(split, index)}: after preprocessing, field "
                             f"'{key}' must be a string, got {_short(ex.get(key), 80)}{hint}. The last text "
                             "preprocessor must return {'inputs': str, 'targets': str, ...}."
                         )
         return examples
+
+    def _user_error(self, split: str, index: int, row: Row, ex: Row, fn: Callable[..., Any],
+                    err: Exception) -> str:
+        """The message for an exception a preprocessor raised (not a RowError): where, what, and the likely why."""
+        name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None) or repr(fn)
+        nulls = sorted(k for k, v in ex.items() if v is None)
+        hint = (f" Fields that are null in this row (absent from the file?): {nulls}." if nulls else "")
+        return (f"{self._row_context(split, index)}: preprocessor {name!r} raised {type(err).__name__}: {err}"
+                f"{_raised_at(err, fn)}.{hint} Raw row: {_short(row)}")
 
     def text_examples(self, split: str) -> Iterator[Row]:
         """``{"inputs": str, "targets": str, **raw fields}`` for each example of ``split``, in order.
@@ -263,11 +348,51 @@ class Task:
         evaluation can zip predictions with these for postprocessing.
         """
         raw = self._raw(split)
+        self.check_label_choices(split, raw)
         for index, row in enumerate(raw):
             for ex in self.preprocess_row(row, split, index):
                 out = dict(row)
                 out.update(ex)
                 yield out
+
+    def check_label_choices(self, split: str, raw: Any = None) -> None:
+        """Stop when the first examples' targets are not among ``label_choices`` (a :class:`TaskError`).
+
+        Why: rank classification can only predict one of ``label_choices``; targets spelt otherwise ("yes"/"no"
+        against "False"/"True") are never matched, and accuracy reads 0.00 with no error. The first
+        ``LABEL_CHECK_EXAMPLES`` examples are compared once per split and source in a process; evaluation
+        (:meth:`text_examples`) and training (:meth:`token_cache`, :meth:`tokenized`) call this. Unlabelled rows
+        (Hugging Face's ``label == -1`` in test splits) are skipped, and T5's ``<unk>`` target is allowed.
+        """
+        if not self.label_choices:
+            return
+        key = (split, id(self.source), tuple(self.label_choices))
+        if key in self._label_checks:
+            return
+        raw = self._raw(split) if raw is None else raw
+        choices = set(self.label_choices) | {"<unk>"}
+        bad: dict[str, int] = {}
+        seen = 0
+        for index, row in enumerate(raw):
+            label = row.get("label")
+            if isinstance(label, (int, float)) and label == -1:  # Hugging Face's unlabelled (test) row
+                continue
+            for ex in self.preprocess_row(row, split, index):
+                seen += 1
+                if ex["targets"] not in choices:
+                    bad.setdefault(ex["targets"], index)
+            if seen >= LABEL_CHECK_EXAMPLES:
+                break
+        if bad:
+            first = min(bad.values())
+            raise TaskError(
+                f"Task '{self.name}', split '{split}': targets {_short(sorted(bad), 200)} of the first {seen} "
+                f"examples are not among label_choices {self.label_choices} (first at row {first}, "
+                f"{_row_location(self.source, split, first)}). Rank classification can only predict a label "
+                "choice, so these examples would always be scored wrong. Make the preprocessor's targets exactly "
+                "the label_choices strings, or correct label_choices."
+            )
+        self._label_checks = self._label_checks | {key}
 
     # ------------------------------------------------------------------------------ tokens
     def _cacheable(self) -> list[TokenPreprocessor]:
@@ -344,6 +469,7 @@ class Task:
         (after the cacheable token preprocessors), no EOS; see :meth:`finalize`.
         """
         raw = self._raw(split)
+        self.check_label_choices(split, raw)
         if not isinstance(raw, datasets.Dataset):
             raise TaskError(
                 f"Task '{self.name}', split '{split}': the source is streaming, so it has no random-access "
@@ -396,6 +522,8 @@ class Task:
         ``python -m tasks cache``: without its cache this raises, naming the exact command.
         """
         self._check_split(split)
+        if not self.source.streaming:  # a streamed hub corpus is read only offline, by `python -m tasks cache`
+            self.check_label_choices(split)
         cache = open_cache(self, split, sequence_length)
         if cache is not None:
             return cache

@@ -63,10 +63,59 @@ def _arg_repr(value: Any) -> Any:
     return repr(value)
 
 
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
 def file_fingerprint(path: Path) -> str:
-    """Path, size and modification time: cheap, and changes whenever the file is rewritten."""
+    """A hash of the file's bytes, so that putting back the byte-identical file (``cp``, ``rsync`` without ``-t``,
+    a fresh checkout) keeps every cache key and lets a run resume, while any edit changes it.
+
+    Hashing is memoised per (path, device, inode, size, mtime, ctime): in this process, and on disk under
+    ``$LIGHTNING_T5_CACHE/sources/content/`` (one small file per memo key, written atomically), so a corpus is
+    read once per change, not once per run. ``ctime`` cannot be set by tools, so an edit that restores size and
+    mtime is still seen.
+    """
+    path = Path(path).resolve()
     st = path.stat()
-    return stable_hash(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    memo = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _CONTENT_HASHES.get(memo)
+    if digest is not None:
+        return digest
+    memo_file = cache_root() / "sources" / "content" / stable_hash(*memo, length=32)
+    try:
+        digest = memo_file.read_text().strip()
+    except OSError:
+        digest = ""
+    if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 23):
+                h.update(block)
+        digest = h.hexdigest()
+        write_text_atomic(memo_file, digest + "\n")
+    _CONTENT_HASHES[memo] = digest
+    return digest
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` durably: a temporary file in the same folder, fsync, rename, fsync of the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------------------------------

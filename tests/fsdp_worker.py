@@ -1,7 +1,11 @@
 """Run by tests/test_fsdp.py under `torchrun --nproc_per_node=2`: one sharded run through `lightning_t5.train.fit.fit`
-with a callback that measures what each rank stores, written to `<run_dir>/shards_rank<r>.json`.
+with a callback that measures what each rank stores, written to `<run_dir>/shards_rank<r>.json` (and the gathered
+weights the run started from, `<run_dir>/initial_weights.pt`); or, with `--initial-weights`, only the model built
+and sharded as `T5LightningModule` does it with meta-initialisation forced on, its gathered weights written to
+`OUT_DIR/initial_weights.pt`.
 
     torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT_DIR [--seed-per-rank] key=value...
+    torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT_DIR --initial-weights SEED MODEL_CONFIG_JSON
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_train_helpers import compose_config
 
-from lightning_t5.dist.sharding import local_numel
+from lightning_t5.dist.sharding import build_model, full_state_dict, local_numel, shard_model
 from lightning_t5.train.fit import fit
 
 
@@ -30,6 +34,10 @@ class MeasureShards(pl.Callback):
         self.forward_dtypes: set[str] = set()
 
     def on_train_start(self, trainer, pl_module) -> None:
+        initial = full_state_dict(pl_module.model)  # collective; before the first step
+        if trainer.global_rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            torch.save(initial, self.out / "initial_weights.pt")
         block = pl_module.model.encoder.block[1]  # its own FSDP unit: gathered in its pre-forward hook
 
         def record(module, args) -> None:
@@ -61,7 +69,30 @@ class MeasureShards(pl.Callback):
         (self.out / f"shards_rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+def initial_weights(out: Path, seed: int, model_config: dict) -> None:
+    """Build and shard the model as `T5LightningModule` + `configure_model` do, with meta-initialisation on."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo")
+    try:
+        mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("data_parallel",))
+        options = {"param_dtype": "float32", "meta_init": True}
+        torch.manual_seed(seed)
+        model = build_model(model_config, options)
+        assert next(model.parameters()).is_meta
+        shard_model(model, mesh, options)
+        state = full_state_dict(model)
+        if dist.get_rank() == 0:
+            torch.save(state, out / "initial_weights.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 def main() -> None:
+    if sys.argv[2:3] == ["--initial-weights"]:
+        initial_weights(Path(sys.argv[1]), int(sys.argv[3]), json.loads(sys.argv[4]))
+        return
     out, *overrides = sys.argv[1:]
     if "--seed-per-rank" in overrides:  # a misconfigured launch: each rank gets another seed
         overrides = [o for o in overrides if o != "--seed-per-rank"] + [f"seed={40 + int(os.environ['RANK'])}"]

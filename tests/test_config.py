@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from lightning_t5.errors import ConfigError
 from lightning_t5.train.schema import validate_config
-from test_train_helpers import CONFIG_DIR, compose_config
+from test_train_helpers import CONFIG_DIR, FAST, compose_config
 
 REPO = Path(CONFIG_DIR).parent
 
@@ -199,3 +199,108 @@ def test_objective_group_prefix_lm(tmp_path: Path) -> None:
 
     names = RunSetup(prepare_config(compose_config(tmp_path, "objective=prefix_lm"))).mixture.task_names
     assert any(n.startswith("corpus_prefix_lm") for n in names) and "corpus_span_corruption" not in names
+
+
+# --------------------------------------------------------------------------- what a resume accepts (issue 24 item 3)
+def saved_run(tmp_path: Path, *overrides: str) -> Path:
+    """A run directory holding the config.yaml of the small test run (resume's override checks read nothing else)."""
+    from omegaconf import OmegaConf
+
+    from lightning_t5.train.setup import prepare_config
+
+    cfg = prepare_config(compose_config(tmp_path, *overrides, run_name="saved"))
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run
+
+
+def resume_with(tmp_path: Path, run: Path, *overrides: str, fast: bool = False):
+    """`python train.py resume=<run> <overrides>`: the composed config and the override list, as train.py hands
+    them to `fit` (`fast`: the whole original command line again, plus `resume=`)."""
+    from lightning_t5.train.setup import load_resume_config
+
+    composed = compose_config(tmp_path, f"resume={run}", *overrides, fast=fast, run_name="saved")
+    line = [f"resume={run}", *(overrides if not fast else [*FAST, *overrides])]
+    return load_resume_config(str(run), line, composed=composed)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("mixture=default", "mixture=default (mixture 'test_train_mix' -> 'default': the training data stream"),
+    ("mixing.rate=equal", "mixing.rate=equal (mixing.rate null -> 'equal': the training data stream"),
+    ("objective=prefix_lm", "objective=prefix_lm (objective null -> {"),
+    ("data.batch_size=8", "data.batch_size=8 (data.batch_size 4 -> 8: the training data stream"),
+    ("seed=3", "seed=3 (seed 42 -> 3: the training data stream and the random numbers"),
+    ("model=small", "model=small (model.d_ff 128 -> 2048, model.d_kv 32 -> 64, model.d_model 64 -> 512"),
+    ("model.dropout_rate=0", "model.dropout_rate 0.1 -> 0.0: the model is the checkpoint's"),
+    ("optim.lr=0.5", "optim.lr 0.001 -> 0.5: the optimizer, its state and the learning-rate schedule"),
+    ("trainer.devices=2", "trainer.devices 1 -> 2: the checkpoint holds one data-loader position per process"),
+    ("trainer.precision=bf16-mixed", "trainer.precision '32-true' -> 'bf16-mixed': it changes how every step"),
+    ("init_from=runs/other", "init_from null -> 'runs/other': a resumed run starts from its own checkpoint"),
+])
+def test_resume_refuses_a_change_it_cannot_honour_with_the_reason(tmp_path: Path, override: str,
+                                                                  expected: str) -> None:
+    """Before: `mixture=other`, `model=small` were dropped silently (group choices and plain top-level keys) and
+    `seed`, `optim.*`, `mixing.*` were applied, so the run went on with something else or failed inside Lightning."""
+    from lightning_t5.errors import CheckpointError
+
+    run = saved_run(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        resume_with(tmp_path, run, override)
+    message = str(err.value)
+    assert message.startswith(f"cannot resume with {override} (") and expected in message, message
+    assert "accepts changes of trainer.max_steps," in message and "start a new run" in message
+
+
+def test_resume_refuses_a_group_choice_it_cannot_compare(tmp_path: Path) -> None:
+    from lightning_t5.errors import CheckpointError
+    from lightning_t5.train.setup import load_resume_config
+
+    run = saved_run(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model=small \(it selects another config group"):
+        load_resume_config(run, ["trainer.max_steps=10", "model=small"])
+    assert load_resume_config(run, ["trainer.max_steps=10"]).trainer.max_steps == 10
+
+
+def test_resume_accepts_the_budget_evaluation_and_the_original_command_line(tmp_path: Path, caplog) -> None:
+    """`trainer.max_steps` and evaluation settings change with one log line for the budget; repeating the original
+    command line (every override equal to the saved value, group choices included) is accepted as it is."""
+    import logging
+
+    run = saved_run(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        cfg = resume_with(tmp_path, run, "trainer.max_steps=10", "eval.max_examples=4", "eval.tasks=[glue_rte]",
+                          "trainer.checkpoint_every_n_steps=5", "export_hf=out/hf", fast=True)
+    assert cfg.trainer.max_steps == 10 and cfg.eval.max_examples == 4 and list(cfg.eval.tasks) == ["glue_rte"]
+    assert cfg.trainer.checkpoint_every_n_steps == 5 and cfg.export_hf == "out/hf"
+    assert cfg.run_dir == str(run) and cfg.resume == str(run) and cfg.mixture == "test_train_mix"
+    lines = [r.getMessage() for r in caplog.records if "trainer.max_steps" in r.getMessage()]
+    assert lines == ["resume: trainer.max_steps 6 -> 10: training continues to step 10; the learning-rate schedule "
+                     "(optim.schedule=cosine) now spans 10 steps instead of 6, so the learning rate from here on "
+                     "differs from the original plan."]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        same = resume_with(tmp_path, run, "trainer.max_steps=6", "optim=adamw", fast=True)
+    assert same.trainer.max_steps == 6 and not caplog.records
+    constant = saved_run(tmp_path / "constant", "optim.schedule=constant")
+    with caplog.at_level(logging.WARNING):
+        resume_with(tmp_path, constant, "trainer.max_steps=10")
+    assert caplog.records[-1].getMessage() == (
+        "resume: trainer.max_steps 6 -> 10: training continues to step 10; the learning-rate schedule "
+        "(optim.schedule=constant) does not depend on it.")
+
+
+def test_resume_from_a_step_checkpoint_uses_the_run_config(tmp_path: Path) -> None:
+    """`resume=runs/X/checkpoints/step000002.ckpt` continues run X with X's settings too (it took today's defaults)."""
+    from lightning_t5.errors import CheckpointError
+    from lightning_t5.train.setup import resolve_run_config
+
+    run = saved_run(tmp_path)
+    ckpt = run / "checkpoints" / "step000002.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    cfg = resolve_run_config(compose_config(tmp_path, f"resume={ckpt}", fast=False), [f"resume={ckpt}"])
+    assert cfg.resume == str(ckpt) and cfg.run_dir == str(run) and cfg.mixture == "test_train_mix"
+    with pytest.raises(CheckpointError, match="mixture=default"):
+        resolve_run_config(compose_config(tmp_path, f"resume={ckpt}", "mixture=default", fast=False),
+                           [f"resume={ckpt}", "mixture=default"])

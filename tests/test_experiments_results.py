@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from lightning_t5.eval.scoring import task_score
 from lightning_t5.experiments import TABLE_12, make_plan
-from lightning_t5.experiments.results import build_results, compare_ordering, render_markdown, task_score, write_results
+from lightning_t5.experiments.results import build_results, compare_ordering, render_markdown, write_results
 
 BENCH = {"glue_mrpc": "glue", "glue_rte": "glue", "super_glue_cb": "super_glue"}
 

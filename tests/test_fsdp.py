@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,17 +73,13 @@ def test_fsdp_preset_selects_adamw_and_deepspeed_is_gone(tmp_path: Path) -> None
 
 def test_incomplete_checkpoint_directories_are_never_picked(tmp_path: Path) -> None:
     """A directory checkpoint counts only with its completion marker; `.partial` writes are invisible."""
-    from lightning_t5.dist.checkpoint import find_last_checkpoint
-    from lightning_t5.dist.checkpoint import MARKER, META, finalize, partial_dir
+    from test_checkpoints import write_sharded_checkpoint
+
+    from lightning_t5.dist.checkpoint import MARKER, find_last_checkpoint, partial_dir
 
     ckpt = tmp_path / "checkpoints"
-    ckpt.mkdir()
     for step in (3, 6):
-        tmp = partial_dir(ckpt / f"step{step:06d}.ckpt")
-        tmp.mkdir()
-        torch.save({"global_step": step}, tmp / META)
-        finalize(tmp, ckpt / f"step{step:06d}.ckpt", step=step)
-        time.sleep(0.01)
+        write_sharded_checkpoint(ckpt / f"step{step:06d}.ckpt", step)
     assert find_last_checkpoint(tmp_path) == ckpt / "step000006.ckpt"
     (ckpt / "step000006.ckpt" / MARKER).unlink()  # as if the write had been interrupted
     assert find_last_checkpoint(tmp_path) == ckpt / "step000003.ckpt"
@@ -94,14 +89,51 @@ def test_incomplete_checkpoint_directories_are_never_picked(tmp_path: Path) -> N
     assert find_last_checkpoint(tmp_path) == ckpt / "step000003.ckpt"
     # finalize replaces an existing complete directory (last.ckpt is rewritten every time)
     for step in (7, 8):
-        tmp = partial_dir(ckpt / "last.ckpt")
-        tmp.mkdir(exist_ok=True)
-        torch.save({"global_step": step}, tmp / META)
-        finalize(tmp, ckpt / "last.ckpt", step=step)
+        write_sharded_checkpoint(ckpt / "last.ckpt", step)
     assert find_last_checkpoint(tmp_path) == ckpt / "last.ckpt"
     assert json.loads((ckpt / "last.ckpt" / MARKER).read_text()) == {"global_step": 8}
-    assert not (ckpt / "last.ckpt" / "__0_0.distcp").exists()
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt", "step000003.ckpt", "step000006.ckpt"]
+
+
+@pytest.mark.parametrize("meta_init", [None, False, True])
+def test_build_model_draws_what_a_one_process_build_draws(meta_init) -> None:
+    """Whatever `trainer.fsdp.meta_init` decides, the model's init seed and the RNG state after the build are those
+    of a plain `T5(config)` (the size probe of meta_init=null draws from a fork)."""
+    from lightning_t5 import T5, T5Config
+    from lightning_t5.dist.sharding import build_model
+
+    model_config = {"vocab_size": 300, "d_model": 32, "d_ff": 64, "num_heads": 2, "d_kv": 16, "num_layers": 1,
+                    "num_decoder_layers": 1}
+    torch.manual_seed(3)
+    plain = T5(T5Config.from_dict(model_config))
+    after_plain = torch.rand(3)
+    torch.manual_seed(3)
+    built = build_model(model_config, {"param_dtype": "float32", "meta_init": meta_init})
+    assert torch.equal(torch.rand(3), after_plain)
+    assert built.init_seed == plain.init_seed
+    assert next(built.parameters()).is_meta == bool(meta_init)
+    if not meta_init:
+        for name, value in plain.state_dict().items():
+            assert torch.equal(built.state_dict()[name], value), name
+
+
+def test_meta_initialised_shards_start_from_the_one_process_weights(tmp_path: Path) -> None:
+    """Meta-initialisation forced on for a small model (untied head, gated FFN, 2 blocks per stack, a vocabulary that
+    2 ranks shard unevenly): the weights gathered from 2 gloo processes equal, bit for bit, those of the model a
+    1-process run builds from the same seed."""
+    from lightning_t5 import T5, T5Config
+
+    model_config = {"vocab_size": 1001, "d_model": 64, "d_ff": 128, "num_heads": 2, "d_kv": 32, "num_layers": 2,
+                    "num_decoder_layers": 2, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+                    "dropout_rate": 0.0}
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+          str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path), "--initial-weights", "7", json.dumps(model_config)])
+    sharded = torch.load(tmp_path / "initial_weights.pt", weights_only=True)
+    torch.manual_seed(7)
+    reference = T5(T5Config.from_dict(model_config)).state_dict()
+    assert sorted(sharded) == sorted(reference)
+    for name, value in reference.items():
+        assert torch.equal(sharded[name], value), name
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,6 +144,11 @@ def test_two_process_fsdp_matches_one_process(runs: Path) -> None:
     np.testing.assert_allclose([sharded[s] for s in range(1, 9)], [single[s] for s in range(1, 9)], rtol=1e-4)
     last = runs / "sharded" / "checkpoints" / "last.ckpt"
     assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2  # one shard file per rank
+    from lightning_t5.dist.checkpoint import byte_items, read_dcp_metadata
+
+    metadata = read_dcp_metadata(last)  # through the restricted unpickler
+    assert any(k.startswith("optimizer_0.state.") for k in metadata.state_dict_metadata)
+    assert byte_items(metadata) == []  # nothing that loading would have to unpickle
     assert json.loads((runs / "sharded" / "metrics.json").read_text())["steps"] == 8
 
 
@@ -184,8 +221,13 @@ def test_each_rank_holds_half_of_parameters_and_optimizer_state_with_meta_init(t
 
     from lightning_t5 import T5, T5Config
 
-    model_cfg = OmegaConf.to_container(OmegaConf.load(tmp_path / "measured" / "config.yaml").model, resolve=True)
+    run_cfg = OmegaConf.load(tmp_path / "measured" / "config.yaml")
+    model_cfg = OmegaConf.to_container(run_cfg.model, resolve=True)
+    torch.manual_seed(int(run_cfg.seed))
     reference = dict(T5(T5Config.from_dict(model_cfg)).named_parameters())  # built in full, initialised as usual
+    initial = torch.load(tmp_path / "measured" / "initial_weights.pt", weights_only=True)
+    for name, value in reference.items():  # the sharded run started from the 1-process run's weights
+        assert torch.equal(initial[name], value.detach()), name
     for name, std in records[0]["std"].items():  # after 2 AdamW steps of lr 1e-3: still the init's scale
         assert std == pytest.approx(float(reference[name].detach().std()), rel=0.25, abs=0.02), name
 
@@ -241,30 +283,19 @@ def test_two_process_run_with_mismatched_seeds_stops_before_training(tmp_path: P
 
 
 def test_init_from_and_export_read_a_distributed_checkpoint_directory(tmp_path: Path) -> None:
-    """The directory format sharded runs write (DCP shards + meta.pt + COMPLETE), here written by one process:
-    `init_from=<run dir>` and `lightning_t5.export.load_model` rebuild the full weights from it."""
-    import torch.distributed.checkpoint as dcp
+    """The directory format sharded runs write (DCP tensors + meta.pt + COMPLETE), here written by one process with
+    the functions the sharded strategy calls: `init_from=<run dir>` and `lightning_t5.export.load_model` rebuild the
+    full weights from it."""
+    from test_checkpoints import TINY, write_sharded_checkpoint
 
     from lightning_t5 import T5, T5Config
-    from lightning_t5.export import load_model
-    from lightning_t5.dist.checkpoint import META, finalize, partial_dir
     from lightning_t5.dist.checkpoint import load_weights
+    from lightning_t5.export import load_model
 
-    model_config = {"vocab_size": 256, "d_model": 32, "d_ff": 64, "num_heads": 2, "d_kv": 16, "num_layers": 1,
-                    "num_decoder_layers": 1, "dropout_rate": 0.0}
-    torch.manual_seed(1)
-    source = T5(T5Config.from_dict(model_config))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    tmp = partial_dir(last)
-    tmp.mkdir(parents=True)
-    dcp.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}},
-             storage_writer=dcp.FileSystemWriter(str(tmp)))
-    torch.save({"global_step": 5, "hyper_parameters": {"model_config": model_config, "vocab_fingerprint": "v"}},
-               tmp / META)
-    finalize(tmp, last, step=5)
-
-    target = T5(T5Config.from_dict(model_config))
-    load_weights(target, str(tmp_path / "run"), model_config, "v")
+    source = write_sharded_checkpoint(last, 5, seed=1)
+    target = T5(T5Config.from_dict(TINY))
+    load_weights(target, str(tmp_path / "run"), TINY, "v")
     exported = load_model(last)
     for name, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0)

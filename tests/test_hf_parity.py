@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from lightning_t5 import T5  # noqa: E402
+from lightning_t5.model.config import PRESETS  # noqa: E402
 from lightning_t5.model.hf import HFCheckpointError  # noqa: E402
 
 VARIANTS = {
@@ -168,3 +173,52 @@ def test_from_hf_reads_pytorch_bin_with_weights_only(tmp_path):
     input_ids, attention_mask, labels = padded_batch()
     torch.testing.assert_close(ours(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits,
                                hf_outputs(hf, input_ids, attention_mask, labels).logits, atol=1e-5, rtol=1e-5)
+
+
+@contextmanager
+def loader_messages() -> Iterator[list[str]]:
+    """Python warnings raise; transformers' log records at warning level and above are collected in the list."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield messages
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+
+
+# transformers 5.23 ties every T5's lm_head to shared and says so when a checkpoint's lm_head differs (model/hf.py)
+UNTIED_HEAD_WARNING = ("The tied weights mapping and config for this model specifies to tie shared.weight to "
+                       "lm_head.weight, but both are present in the checkpoints with different values")
+FULL_SIZE = ("tiny",)  # the others: one layer each way and narrow (what decides the warnings is the config)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_presets_export_loads_in_transformers_without_warnings(tmp_path, preset):
+    """Issue 21 A.14: `save_hf` of every preset loads with `T5ForConditionalGeneration.from_pretrained` with no
+    Python warning and nothing logged at warning level, and computes our logits. The untied presets (tiny,
+    t5_1_1_*) get transformers' tied-weights warning, which no config.json can avoid in 5.23: they xfail with that
+    one message, and fail on any other."""
+    shrink = {} if preset in FULL_SIZE else dict(num_layers=1, num_decoder_layers=1, d_model=64, d_ff=128,
+                                                   num_heads=2)
+    torch.manual_seed(0)
+    ours = T5.from_preset(preset, fused="torch", dropout_rate=0.0, **shrink).eval()
+    ours.save_hf(str(tmp_path))
+    with loader_messages() as messages:
+        hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    input_ids, attention_mask, labels = padded_batch(seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits,
+                                   ours(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits,
+                                   atol=1e-4, rtol=1e-4)
+    if ours.lm_head is not None and len(messages) == 1 and messages[0].startswith(UNTIED_HEAD_WARNING):
+        pytest.xfail("transformers 5.23: T5Config.__post_init__ sets tie_word_embeddings=True for every T5, so an "
+                     "untied lm_head always logs the tied-weights warning (no config key avoids it)")
+    assert messages == []

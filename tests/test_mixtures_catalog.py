@@ -9,14 +9,23 @@ import pytest
 import torch
 
 from mixtures import Mixture, MixtureDataset, MixtureError, MixtureRegistry, catalog
-from mixtures.__main__ import main, parse_overrides
+from mixtures.__main__ import main
 
 SEQ = {"inputs": 64, "targets": 16}
 
 
+@pytest.fixture
+def fresh_catalog():
+    """Catalog mixtures registered anew (unresolved) for the test, and again after it."""
+    catalog.register()
+    yield
+    catalog.register()
+
+
 def test_registry_lists_t5_catalog_names():
     names = MixtureRegistry.names()
-    for n in ["glue", "super_glue", "all_supervised", "all_equal", "all_proportional", "all_mix",
+    for n in ["glue", "super_glue", "glue_local", "super_glue_local", "all_supervised", "all_equal",
+              "all_proportional", "all_mix",
               "large_supervised_equal", "large_supervised_proportional", "default", "default_with_corpus",
               "leave_one_out_glue_sst2",
               "leave_one_out_super_glue_cb", "leave_one_out_squad"]:
@@ -35,21 +44,101 @@ def test_unknown_task_is_lazy_and_clear():
         MixtureRegistry.remove("test_lazy_unknown")
 
 
-def test_glue_rates_use_official_sizes_unless_actual():
-    glue = MixtureRegistry.get("glue")
-    present = glue.task_names
-    assert "glue_sst2" in present and "glue_rte" in present
-    r = glue.rates()
-    total = sum(catalog.GLUE_SIZES[n] for n in present)
-    for n in present:
-        assert r[n] == pytest.approx(catalog.GLUE_SIZES[n] / total, abs=1e-12)
-    actual = glue.rates(mixing={"size_source": "actual"})
-    sizes = {t.name: t.num_examples("train") for t in glue.tasks}
-    for n in present:
-        assert actual[n] == pytest.approx(sizes[n] / sum(sizes.values()), abs=1e-12)
+def test_catalog_mixtures_keep_every_task_and_stop_naming_the_missing_ones(fresh_catalog, monkeypatch):
+    """Issue 21 A.11: `glue` is the paper's 8 tasks everywhere. Where 3 have no data (offline, nothing shipped), any
+    use stops naming them and both ways on; nothing is left out silently, whatever MIXTURES_INCLUDE_HUB_TASKS says."""
+    monkeypatch.delenv("LIGHTNING_T5_SOURCE", raising=False)
+    for include in (None, "1"):
+        if include is not None:
+            monkeypatch.setenv("MIXTURES_INCLUDE_HUB_TASKS", include)
+        with pytest.raises(MixtureError) as err:
+            MixtureRegistry.get("glue").task_names
+        msg = str(err.value)
+        assert "mixture 'glue' has 8 tasks and 3 of them have no data on this machine" in msg
+        assert all(t in msg for t in ("glue_mnli", "glue_qqp", "glue_qnli")) and "glue_sst2 " not in msg
+        assert "LIGHTNING_T5_SOURCE=hub" in msg and "mixture=glue_local" in msg
+    # a user mixture that contains the catalog's glue stops the same way
+    MixtureRegistry.add(Mixture("test_with_glue", [(MixtureRegistry.get("glue"), 1.0), "glue_rte"]), replace=True)
+    try:
+        with pytest.raises(MixtureError, match="mixture 'glue' has 8 tasks"):
+            MixtureRegistry.get("test_with_glue").tasks
+    finally:
+        MixtureRegistry.remove("test_with_glue")
+    # described anyway (python -m mixtures show): all 8, the missing ones named
+    with catalog.describing():
+        glue = MixtureRegistry.get("glue")
+        assert glue.task_names == list(catalog.GLUE_SIZES)
+        assert set(catalog.missing_data(glue)) == {"glue_mnli", "glue_qqp", "glue_qnli"}
+    # the hub chosen: all 8, nothing missing (the hub itself is only read when the data is)
+    monkeypatch.setenv("LIGHTNING_T5_SOURCE", "hub")
+    assert MixtureRegistry.get("glue").task_names == list(catalog.GLUE_SIZES)
+    assert catalog.missing_data(MixtureRegistry.get("glue")) == {}
 
 
-def test_all_proportional_halves_glue_rte_and_all_mix_fixes_corpus_rate():
+def test_shipped_subset_mixtures_read_only_shipped_data(fresh_catalog, monkeypatch):
+    monkeypatch.delenv("LIGHTNING_T5_SOURCE", raising=False)
+    for name, names in (("glue_local", catalog.GLUE_LOCAL), ("super_glue_local", catalog.SUPER_GLUE_LOCAL)):
+        mix = MixtureRegistry.get(name)
+        assert mix.task_names == names and not any(t.source.reads_hub for t in mix.tasks)
+        official = {n: catalog.OFFICIAL_SIZES[n] for n in names}  # rated as in glue / super_glue
+        assert mix.rates() == pytest.approx({n: v / sum(official.values()) for n, v in official.items()}, abs=1e-12)
+
+
+def test_a_run_on_a_catalog_mixture_without_its_data_stops_before_the_model(fresh_catalog, tmp_path, monkeypatch):
+    from test_train_helpers import compose_config
+
+    from lightning_t5.train.setup import RunSetup, prepare_config
+
+    monkeypatch.delenv("LIGHTNING_T5_SOURCE", raising=False)
+    with pytest.raises(MixtureError, match=r"glue_mnli.*LIGHTNING_T5_SOURCE=hub.*mixture=glue_local"):
+        RunSetup(prepare_config(compose_config(tmp_path, "mixture=glue")))
+    assert RunSetup(prepare_config(compose_config(tmp_path, "mixture=glue_local"))).task_names == catalog.GLUE_LOCAL
+
+
+@pytest.mark.parametrize("name", ["strategies_small", "mixing_sweep_small", "strategies_tiny", "mixing_sweep_tiny"])
+def test_cpu_presets_name_only_tasks_with_shipped_data(name, monkeypatch):
+    """The CPU presets run offline: their tasks are named explicitly and every one reads data/ (glue_local's tasks)."""
+    from test_experiment_presets_small import compose
+
+    from lightning_t5.experiments.plan import make_plan
+    from tasks import TaskRegistry
+
+    monkeypatch.delenv("LIGHTNING_T5_SOURCE", raising=False)
+    plan = make_plan(compose(name))
+    assert not [t for t in [*plan.tasks, plan.corpus_task] if TaskRegistry.get(t).source.reads_hub]
+    if name.endswith("_small"):
+        assert list(plan.tasks) == catalog.GLUE_LOCAL
+
+
+def test_glue_rates_use_official_sizes_unless_actual(fresh_catalog):
+    with catalog.describing():
+        glue = MixtureRegistry.get("glue")
+        assert glue.task_names == list(catalog.GLUE_SIZES)
+        r = glue.rates()
+        with pytest.raises(MixtureError, match="rating them needs their rows"):
+            glue.rates(mixing={"size_source": "actual"})
+    total = sum(catalog.GLUE_SIZES.values())
+    assert r == pytest.approx({n: s / total for n, s in catalog.GLUE_SIZES.items()}, abs=1e-12)
+    local = MixtureRegistry.get("glue_local")
+    actual = local.rates(mixing={"size_source": "actual"})
+    sizes = {t.name: t.num_examples("train") for t in local.tasks}
+    assert actual == pytest.approx({n: v / sum(sizes.values()) for n, v in sizes.items()}, abs=1e-12)
+
+
+@pytest.fixture
+def shipped_supervised(monkeypatch):
+    """The all_* and leave-one-out mixtures over the supervised tasks that ship data (their rate rules, offline)."""
+    from tasks import TaskRegistry
+
+    shipped = [n for n in catalog.SUPERVISED if not TaskRegistry.get(n).source.reads_hub]
+    monkeypatch.setattr(catalog, "_all_supervised_names", lambda: list(shipped))
+    catalog.register()
+    yield shipped
+    monkeypatch.undo()
+    catalog.register()
+
+
+def test_all_proportional_halves_glue_rte_and_all_mix_fixes_corpus_rate(shipped_supervised):
     ap = MixtureRegistry.get("all_proportional")
     raw = ap.raw_rates(mixing={"max_examples": 2**19})
     assert raw["glue_rte"] == pytest.approx(0.5 * catalog.GLUE_SIZES["glue_rte"])
@@ -119,8 +208,27 @@ def test_cli_show_json_and_table(capsys):
     assert "temperature" in capsys.readouterr().err
     assert main(["list"]) == 0
     assert "all_mix" in capsys.readouterr().out
-    assert parse_overrides(["mixing.schedule.to.rate=equal", "mixing.max_examples=null"]) == {
-        "schedule": {"to": {"rate": "equal"}}, "max_examples": None}
+    # the overrides are train.py's (tasks.run_defaults): nested keys and null reach the mixing config
+    from tasks.run_defaults import load_run_config
+
+    cfg = load_run_config(["mixing.schedule.to.rate=equal", "mixing.max_examples=null"])
+    assert cfg.mixing.schedule.to.rate == "equal" and cfg.mixing.max_examples is None
+
+
+def test_cli_shows_a_catalog_mixture_offline_by_official_sizes(fresh_catalog, capsys, monkeypatch):
+    """`python -m mixtures show glue` offline: all 8 tasks at their official sizes (no draws or passes without the
+    data), the missing ones named with both ways to train on them."""
+    monkeypatch.delenv("LIGHTNING_T5_SOURCE", raising=False)
+    assert main(["show", "glue"]) == 0  # default -n and --steps: skipped, they need every task's data
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("glue_")}
+    assert list(rows) == list(catalog.GLUE_SIZES)
+    assert rows["glue_mnli"][1] == "-" and rows["glue_mnli"][2] == "392702" and rows["glue_sst2"][2] == "67349"
+    assert "LIGHTNING_T5_SOURCE=hub" in text and "mixture=glue_local" in text and "drawn" not in text
+    assert main(["show", "glue", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.split("\nsize '-'")[0])
+    assert out["glue_qqp"]["size"] is None and out["glue_rte"]["size"] == 2490
+    assert sum(v["share"] for v in out.values()) == pytest.approx(1.0)
 
 
 def _collate(rows):  # what transformers' default_data_collator does with equal-length rows

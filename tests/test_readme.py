@@ -51,11 +51,26 @@ def readme_command(prefix: str) -> list[str]:
 SHADOW_ERROR = "a my_tasks.py outside the user's directory was imported"
 
 
+def write_books(folder: Path, documents: int = 100) -> None:
+    """The user's own plain-text corpus the README's `my_corpus` reads: paragraphs of the shipped books, one per line,
+    in books/book_1.txt, book_2.txt and held_out.txt."""
+    texts = [json.loads(line)["text"] for line in
+             (ROOT / "data" / "english_corpus" / "train.jsonl").read_text().splitlines()[:documents]]
+    paragraphs = [" ".join(p.split()) for text in texts for p in text.split("\n\n") if p.strip()]
+    fifth = len(paragraphs) // 5
+    folder.mkdir()
+    for name, part in (("book_1", paragraphs[:2 * fifth]), ("book_2", paragraphs[2 * fifth:4 * fifth]),
+                       ("held_out", paragraphs[4 * fifth:])):
+        (folder / f"{name}.txt").write_text("\n".join(part) + "\n", encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch directory as a user would set it up: my_tasks.py next to train.py, configs/ and data/ beside them."""
     directory = tmp_path_factory.mktemp("user")
-    (directory / "my_tasks.py").write_text(readme_block("# my_tasks.py"))
+    (directory / "my_tasks.py").write_text(readme_block("# my_tasks.py") + "\n"
+                                           + readme_block("# my_tasks.py, continued"))
+    write_books(directory / "books")
     shutil.copy(ROOT / "train.py", directory / "train.py")
     for name in ("configs", "data"):
         (directory / name).symlink_to(ROOT / name, target_is_directory=True)
@@ -105,7 +120,7 @@ def test_readme_task_registration_and_check_command(user_dir: Path, shadow_dir: 
 def test_readme_train_on_my_mixture_and_strategy_comparison(user_dir: Path, shadow_dir: Path,
                                                             tmp_path: Path) -> None:
     """Step 2 (train on the user's mixture) and step 4 (the strategy comparison on the user's tasks), shrunk."""
-    train = readme_command("python train.py imports=[my_tasks] mixture=my_mix")
+    train = readme_command("python train.py imports=[my_tasks] mixture=my_mix ")
     train = [a for a in train if not a.startswith("trainer.max_steps")]
     run([*train, *SHRINK, "trainer.max_steps=4", f"output_dir={tmp_path}", "run_name=mine"], user_dir, shadow_dir)
     metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())
@@ -133,3 +148,34 @@ def test_readme_cli_commands_see_the_users_module(user_dir: Path, shadow_dir: Pa
     text = run(["python", "-m", "mixtures", "show", "my_mix", "-n", "0", "--imports", "my_tasks"], user_dir,
                shadow_dir)
     assert "mixing: rate=proportional, K=none (no cap)" in text.stdout
+
+
+def test_readme_corpus_task_from_the_users_text_files(user_dir: Path, shadow_dir: Path) -> None:
+    """The README's `my_corpus`: a FileSource over .txt files, span corruption, registered in the user's module."""
+    shown = run(readme_command("python -m tasks show my_corpus"), user_dir, shadow_dir)
+    assert "=== my_corpus [" in shown.stdout and "<extra_id_0>" in shown.stdout, shown.stdout[-2000:]
+    mixture = run([*readme_command("python -m mixtures show my_mix_own_corpus"), "-n", "0", "--steps", "0"],
+                  user_dir, shadow_dir)
+    sizes = {task: row["size"] for task, row in json.loads(mixture.stdout).items()}
+    assert set(sizes) == {"my_reviews", "glue_rte", "my_corpus"} and sizes["my_corpus"] > 0, sizes
+
+
+@pytest.mark.slow
+def test_readme_train_on_the_users_corpus(user_dir: Path, shadow_dir: Path, tmp_path: Path) -> None:
+    train = readme_command("python train.py imports=[my_tasks] mixture=my_mix_own_corpus")
+    train = [a for a in train if not a.startswith("trainer.max_steps")]
+    run([*train, *SHRINK, "trainer.max_steps=3", f"output_dir={tmp_path}", "run_name=corpus"], user_dir, shadow_dir)
+    metrics = json.loads((tmp_path / "corpus" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and set(metrics["metrics"]) == {"my_reviews", "glue_rte"}  # the corpus trains only
+
+
+def test_readme_explicit_weights_command(user_dir: Path, shadow_dir: Path) -> None:
+    """`mixing.weights={...}` as the README writes it gives the shares of those weights."""
+    argv = readme_command("python -m mixtures show my_mix imports=[my_tasks] mixing.rate=explicit")
+    shown = json.loads(run([*argv, "-n", "0", "--steps", "0"], user_dir, shadow_dir).stdout)
+    assert {task: row["share"] for task, row in shown.items()} == pytest.approx(
+        {"my_reviews": 2 / 8, "my_summaries": 1 / 8, "glue_rte": 1 / 8, "corpus_span_corruption": 4 / 8})
+
+
+def test_readme_links_the_experiments_page() -> None:
+    assert "](docs/experiments.md)" in README

@@ -64,7 +64,7 @@ def test_vectorised_kernels_equal_the_task_metric_on_every_resample(fn):
     (route,) = stats.route_metrics([fn], t, [p])
     assert route.kind == "kernel"
     idx = stats.bootstrap_indices(n, 20, seed=2)
-    fast = stats._replicates(route, idx)
+    fast = stats._replicates(route, stats.bootstrap_weights(n, 20, seed=2))
     with np.errstate(all="ignore"):
         import warnings
 
@@ -74,15 +74,105 @@ def test_vectorised_kernels_equal_the_task_metric_on_every_resample(fn):
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
 
 
-def test_other_metrics_take_the_per_example_or_loop_route():
+def _bleu_loop(targets, predictions):
+    """BLEU under another name: no fast route knows it, so it takes the loop (the reference for the fast routes)."""
+    return {"bleu_loop": M.bleu(targets, predictions)["bleu"]}
+
+
+def test_other_metrics_take_the_per_example_sum_or_loop_route():
     squad = stats.route_metrics([M.squad], [["a b"], ["c"]] * 10, [["a b"] * 20])
     assert {r.kind for r in squad} == {"mean"}
-    bleu_routes = stats.route_metrics([M.bleu], ["the cat sat on the mat", "a dog ran home fast"] * 5,
-                                      [["the cat sat on a mat", "the dog ran home"] * 5])
-    assert [r.kind for r in bleu_routes] == ["loop"]
-    out = stats.bootstrap_ci([M.bleu], ["the cat sat on the mat", "a dog ran home fast"] * 5,
-                             [["the cat sat on a mat", "the dog ran home"] * 5])
-    assert out["bleu"]["resamples"] == stats.LOOP_RESAMPLES and out["bleu"]["ci"][0] <= out["bleu"]["value"]
+    t, p = ["the cat sat on the mat", "a dog ran home fast"] * 5, ["the cat sat on a mat", "the dog ran home"] * 5
+    assert [r.kind for r in stats.route_metrics([M.bleu], t, [p])] == ["sum"]
+    assert [r.kind for r in stats.route_metrics([_bleu_loop], t, [p])] == ["loop"]
+    out = stats.bootstrap_ci([_bleu_loop], t, [p])["bleu_loop"]
+    assert out["resamples"] == stats.LOOP_RESAMPLES and out["ci"][0] <= out["value"]
+
+
+def test_bleu_from_summed_sentence_statistics_equals_sacrebleu_on_every_resample_and_swap():
+    """The BLEU route sums sacrebleu's per-sentence statistics with the resample weights (or the swaps) and lets
+    sacrebleu finish them: every replicate equals the task's own BLEU on that resample, at 1000 resamples in a
+    fraction of the loop's time."""
+    rng = np.random.default_rng(4)
+    words = "the cat sat on a mat while every dog ran home fast over lazy brown fox".split()
+    t = [" ".join(rng.choice(words, 10)) for _ in range(40)]
+    a = [" ".join(w if rng.random() < 0.7 else "x" for w in s.split()) for s in t]
+    b = [" ".join(w if rng.random() < 0.5 else "x" for w in s.split()) for s in t]
+    (fast,) = stats.route_metrics([M.bleu], t, [a])
+    loop = stats.MetricRoute(name="bleu", kind="loop", value=0.0, fn=M.bleu, targets=t, predictions=[a])
+    weights = stats.bootstrap_weights(len(t), 25, seed=5)
+    np.testing.assert_allclose(stats._replicates(fast, weights), stats._loop_values(loop, weights), atol=1e-9)
+    obs, null = stats.paired_permutation([M.bleu], t, [a], [b], seed=3)
+    obs_loop, null_loop = stats.paired_permutation([_bleu_loop], t, [a], [b], seed=3)
+    assert len(null) == stats.N_RESAMPLES and len(null_loop) == stats.LOOP_RESAMPLES
+    assert obs == pytest.approx(obs_loop) and obs > 0
+    np.testing.assert_allclose(null[: stats.LOOP_RESAMPLES], null_loop, atol=1e-9)
+
+
+def _multirc(n_questions, answers, rng, p_right):
+    """MultiRC-shaped targets and predictions: whole questions answered right or wrong together."""
+    targets, preds = [], []
+    for q in range(n_questions):
+        right = rng.random() < p_right
+        for _ in range(answers):
+            v = int(rng.integers(0, 2))
+            targets.append({"value": v, "group": q})
+            preds.append({"value": v if right else 1 - v})
+    return targets, preds
+
+
+MULTIRC = [M.multirc_f1_over_all_answers, M.mean_group_metric(M.all_match)]
+RECORD = [M.deduplicate_metric(M.squad)]
+
+
+def test_grouped_tasks_resample_questions_not_answers():
+    """MultiRC scores answers grouped by question. 50 questions of 10 answers, each question right or wrong as a
+    whole (p = 0.5): the exact-match interval must be about as wide as 50 independent coin flips give (2 x 1.96 x
+    sqrt(.25 / 50) = 28 points). Resampling the 500 answers instead keeps almost every question in every resample:
+    an interval of nearly 0 width (what the code did before)."""
+    rng = np.random.default_rng(0)
+    targets, preds = _multirc(50, 10, rng, 0.5)
+    out = stats.bootstrap_ci(MULTIRC, targets, [preds])
+    lo, hi = out["exact_match"]["ci"]
+    assert 20 < hi - lo < 36, (lo, hi)
+    assert out["exact_match"]["unit"] == "group"
+    routes = {r.name: r for r in stats.route_metrics(MULTIRC, targets, [preds])}
+    assert routes["f1"].kind == "kernel" and routes["exact_match"].kind == "mean"
+    assert out["exact_match"]["resamples"] == out["f1"]["resamples"] == stats.N_RESAMPLES
+
+
+@pytest.mark.parametrize("fns,kind", [(MULTIRC, "multirc"), (RECORD, "record")])
+def test_fast_routes_of_grouped_metrics_equal_the_task_function_on_group_resamples(fns, kind):
+    """On every resample of questions (a question drawn twice counts twice), the vectorised and per-group routes
+    give what the task's own function gives on the resampled answers."""
+    rng = np.random.default_rng(1)
+    if kind == "multirc":
+        targets, preds = _multirc(12, 4, rng, 0.6)
+        preds = [{"value": p["value"] if rng.random() < 0.8 else 1 - p["value"]} for p in preds]
+    else:
+        targets = [{"value": [f"ans{q}", f"Ans {q}"], "group": ("passage", q)} for q in range(15) for _ in range(3)]
+        preds = [{"value": f"ans{t['group'][1]}" if rng.random() < 0.6 else "other"} for t in targets]
+    units = stats.resampling_units(targets)
+    weights = stats.bootstrap_weights(int(units.max()) + 1, 30, seed=2)
+    for route in stats.route_metrics(fns, targets, [preds]):
+        assert route.kind in ("kernel", "mean")
+        fn = next(f for f in fns if route.name in f(targets, preds))
+        loop = stats.MetricRoute(name=route.name, kind="loop", value=0.0, fn=fn, targets=targets,
+                                 predictions=[preds], units=units)
+        np.testing.assert_allclose(stats._replicates(route, weights), stats._loop_values(loop, weights), atol=1e-9)
+
+
+def test_permutations_swap_whole_questions():
+    """Two rows that differ on one question only: swapping whole questions gives a null of +-d (or 0 for the
+    f1 of answers), so p is about 1; swapping answers would mix partial differences into the null."""
+    rng = np.random.default_rng(3)
+    targets, a = _multirc(20, 5, rng, 1.0)
+    b = [dict(p) for p in a]
+    for i in range(5):  # question 0 all wrong in B
+        b[i] = {"value": 1 - a[i]["value"]}
+    obs, null = stats.paired_permutation(MULTIRC, targets, [a], [b], names=["exact_match"])
+    assert obs == pytest.approx(5.0)  # one question of 20
+    assert set(np.round(np.abs(null), 9)) == {5.0} and stats.permutation_p_value(obs, null) == 1.0
 
 
 def test_identical_rows_are_never_significant():
@@ -137,14 +227,23 @@ def test_json_safe_writes_standard_json():
     assert json.loads(text) == {"a": None, "b": [1.5, None], "c": [0, 1]}
 
 
-def test_constant_prediction_has_no_correlation_and_stays_vectorised():
-    """A constant prediction (the majority-class reference of STS-B) has an undefined correlation, as in scipy; the
-    kernel must say so instead of correlating rounding noise, or the route would fall back to the slow loop."""
+def test_constant_prediction_counts_as_no_correlation_in_every_replicate_and_stays_vectorised():
+    """A constant prediction (the majority-class reference of STS-B) has an undefined correlation (scipy: NaN). The
+    kernel must see that instead of correlating rounding noise (or the route would fall back to the slow loop), and
+    the scoring rule counts it as 0 in the value, in every bootstrap replicate and in every permutation, so a
+    constant-predicting row gets a finite interval, difference and p-value."""
     rng = np.random.default_rng(2)
     y = rng.uniform(0, 5, 300).round(1).tolist()
     p = (np.array(y) + rng.normal(0, 1, 300)).round(1).tolist()
-    routes = stats.route_metrics([M.pearson_corrcoef, M.spearman_corrcoef], y, [p, [2.6] * 300])
+    fns = [M.pearson_corrcoef, M.spearman_corrcoef]
+    routes = stats.route_metrics(fns, y, [p, [2.6] * 300])
     assert [r.kind for r in routes] == ["kernel", "kernel"]
-    assert all(np.isnan(r.value) for r in routes)
-    obs, null = stats.paired_permutation([M.pearson_corrcoef], y, [p], [[2.6] * 300])
-    assert np.isnan(obs) and stats.permutation_p_value(obs, null) is None
+    good = {k: v for f in fns for k, v in f(y, p).items()}
+    for r in routes:  # seed 2 predicts a constant: its 0 enters the mean over seeds
+        assert r.value == pytest.approx(good[r.name] / 2)
+    out, score = stats.bootstrap(fns, y, [[2.6] * 300])
+    assert all(v["value"] == 0 and v["ci"] == [0.0, 0.0] for v in out.values())
+    assert len(score) == stats.N_RESAMPLES and np.all(score == 0)
+    obs, null = stats.paired_permutation(fns, y, [p], [[2.6] * 300])
+    assert obs == pytest.approx(np.mean(list(good.values())))
+    assert np.isfinite(null).all() and stats.permutation_p_value(obs, null) < 0.01

@@ -141,7 +141,7 @@ def test_killed_cache_job_resumes_at_the_first_unfinished_shard(stream_module, m
     with pytest.raises(KeyboardInterrupt):
         token_cache.build_cache(task, "train", SEQ, shard_rows=40)
     root = token_cache.cache_dir(task, "train", SEQ)
-    assert not (root / token_cache.COMPLETE).exists() and built == [0, 1, 2]
+    assert token_cache.open_cache(task, "train", SEQ) is None and built == [0, 1, 2]
 
     def counting(job):
         built.append(job.shard)
@@ -151,7 +151,7 @@ def test_killed_cache_job_resumes_at_the_first_unfinished_shard(stream_module, m
     built.clear()
     cache = token_cache.build_cache(task, "train", SEQ, shard_rows=40)
     assert built == [3, 4, 5]  # resumed at the first unfinished shard
-    assert not (root / "shards").exists()
+    assert not (root / token_cache.BUILD).exists()
     resumed = {c: np.array(cache.column(c)[1]) for c in ("inputs", "targets")}
     offsets = np.array(cache.column("targets")[0])
     # identical to an uninterrupted build
@@ -303,7 +303,7 @@ def test_cache_command_cli_rebuilds_nothing_when_complete(fresh_cache, capsys):
     assert main(["cache", "glue_rte", "--splits", "train", "validation", "--num-proc", "2", "--shard-rows", "500"]) == 0
     first = capsys.readouterr().out
     assert "glue_rte/train" in first and "glue_rte/validation" in first
-    stats = json.loads((token_cache.cache_dir(TaskRegistry.get("glue_rte"), "train") / "stats.json").read_text())
+    stats = token_cache.open_cache(TaskRegistry.get("glue_rte"), "train").stats
     task = TaskRegistry.get("glue_rte")
     assert stats["rows"] == len(task.tokenized("train"))
     cache = task.token_cache("train")

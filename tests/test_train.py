@@ -150,12 +150,15 @@ def test_nan_loss_stops_naming_step_and_tasks(tmp_path: Path) -> None:
 
 
 def test_resume_config_keeps_run_settings_and_applies_overrides(default_run: dict) -> None:
+    """The run's own settings plus the changes a resume accepts (the refusals: tests/test_config.py)."""
     from lightning_t5.train.setup import load_resume_config
 
-    cfg = load_resume_config(default_run["run_dir"], ["resume=x", "trainer.max_steps=10", "model=small", "seed=3"])
-    assert cfg.trainer.max_steps == 10 and cfg.seed == 3
-    assert cfg.model.name == "tiny" and cfg.data.batch_size == 8  # the run's own settings
+    cfg = load_resume_config(default_run["run_dir"], ["resume=x", "trainer.max_steps=10", "eval.max_examples=2"])
+    assert cfg.trainer.max_steps == 10 and cfg.eval.max_examples == 2
+    assert cfg.model.name == "tiny" and cfg.data.batch_size == 8 and cfg.seed == 42  # the run's own settings
     assert cfg.run_dir == default_run["run_dir"]
+    with pytest.raises(CheckpointError, match=r"seed=3 \(seed 42 -> 3"):
+        load_resume_config(default_run["run_dir"], ["trainer.max_steps=10", "seed=3"])
 
 
 def test_learning_rate_schedules() -> None:
@@ -205,6 +208,10 @@ def test_a_launch_that_fails_before_its_first_step_leaves_no_run_directory(tmp_p
                                                            "validation": str(tmp_path / "nope.jsonl")}),
                           [lambda row: {"inputs": row["x"], "targets": row["y"]}]), replace=True)
     MixtureRegistry.add(Mixture("missing_file_mix", ["missing_file_task"]), replace=True)
-    with pytest.raises(Exception):  # noqa: B017 - whichever error the data layer raises, the directory must go
-        fit(compose_config(tmp_path, "mixture=missing_file_mix", run_name="broken"))
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whichever error the data layer raises, the directory must go
+            fit(compose_config(tmp_path, "mixture=missing_file_mix", run_name="broken"))
+    finally:  # the registries are process-wide: test_tasks_formats checks that only catalog tasks are registered
+        MixtureRegistry.remove("missing_file_mix")
+        TaskRegistry.remove("missing_file_task")
     assert not (tmp_path / "broken").exists()

@@ -24,12 +24,14 @@ _KEYS = ("seed", "mixture_rates", "vocab_fingerprint", "cache_fingerprints", "da
 
 
 def rank_record(seed: int, vocab_fingerprint: str | None, datamodule: Any, accumulate: int) -> dict[str, Any]:
-    """What must agree across ranks, as seen by this rank."""
+    """What must agree across ranks, as seen by this rank.
+
+    The caches are compared by what this rank's sampler actually opened: each token cache's key, rows, tokens and
+    the content hash computed when it was built (``tasks.cache``), so two nodes whose caches share a key but not
+    their contents (another ``--max-tokens``, a hub dataset that changed under its name) stop here."""
     dataset = getattr(datamodule, "train_dataset", None)
     rates = {k: round(float(v), 12) for k, v in dataset.target_shares(0).items()} if dataset is not None else None
-    seq = dict(datamodule.sequence_length)
-    caches = {t.name: t.cache_fingerprint("train", seq) for t in datamodule.mixture.tasks
-              if hasattr(t, "cache_fingerprint")}
+    caches = dict(dataset.fingerprints) if dataset is not None else None
     return {"seed": int(seed), "mixture_rates": rates, "vocab_fingerprint": vocab_fingerprint,
             "cache_fingerprints": caches, "data.batch_size": int(datamodule.data_cfg["batch_size"]),
             "trainer.accumulate_grad_batches": int(accumulate)}
@@ -54,7 +56,9 @@ def check_rank_agreement(records: Sequence[Mapping[str, Any]]) -> None:
                 raise ConfigError(
                     f"Ranks disagree on '{key}'{detail}: rank 0 has {values[0]!r}, rank {rank} has {value!r}. Every "
                     f"process must run the same config, code and data caches (check the launcher's per-rank "
-                    f"environment; a stale task cache lives under LIGHTNING_T5_CACHE and can be deleted).")
+                    f"environment; token caches are compared by the content hash of their files: build them once "
+                    f"on storage every node reads, or from the same source with the same `python -m tasks cache` "
+                    f"command everywhere).")
 
 
 class RankAgreement(pl.Callback):

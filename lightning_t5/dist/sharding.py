@@ -13,12 +13,14 @@ Why these choices:
 * Mixed precision: `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)` for bf16 precisions (parameters are
   all-gathered in bf16, gradients reduced in fp32, the sharded master weights and the optimizer state stay fp32);
   fp32 runs use no policy.
-* Large models are built on the meta device and initialised after sharding with the model's own
-  `reset_parameters()` on the local shards (`to_empty` + reset), so no rank ever holds the full fp32 model.
-  Small ones (below `META_INIT_MIN_PARAMS`, or `trainer.fsdp.meta_init=false`) are built in full on every rank from
-  the same seed and then sharded: their initial weights equal the single-process run's, which is what makes the
-  "2-process FSDP == 1-process" test hold. (Initialising shards draws different random numbers than the full
-  tensor would, so a meta-initialised run starts from an equally distributed but different point.)
+* Large models are built on the meta device and initialised after sharding (`to_empty`, then the model's own
+  `reset_parameters()` under `_FullTensorInit`): each parameter's *full* tensor is drawn on the CPU from the
+  model's init generator, in the model's init order, and each rank keeps its shard of it. So a sharded run starts
+  from exactly the weights a 1-process run with the same seed starts from, on CPU and CUDA alike (DTensor's own
+  random ops would draw per shard, and on CPU every rank the same numbers), while no rank holds more than one full
+  parameter at a time; the price is that every rank draws every parameter on its CPU, once, at start.
+  Small models (below `META_INIT_MIN_PARAMS`, or `trainer.fsdp.meta_init=false`) are built in full on every rank
+  from the same seed and then sharded, which gives the same weights.
 * Optimizers: AdamW works element-wise on DTensor shards. Adafactor factors each parameter's second moment over its
   full 2-D shape (row and column means); on a row shard those means would be of the shard, not of the parameter, so
   it is refused: AdamW is the documented optimizer for sharded runs. Apex's fused optimizers do not accept DTensors.
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lightning_t5.errors import ConfigError
 from lightning_t5.model.config import T5Config
@@ -105,14 +108,44 @@ def build_model(model_config: Mapping[str, Any], options: Mapping[str, Any] | No
     config = T5Config.from_dict(dict(model_config))
     if not options or options.get("meta_init") is False:
         return T5(config)
+    if options.get("meta_init") is None:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # a size probe: the model draws its init seed
+            small = T5(config).num_parameters() < META_INIT_MIN_PARAMS  # from the RNG, which the real build must see
+        if small:
+            return T5(config)
     with torch.device("meta"):
         model = T5(config)
-    if options.get("meta_init") is None and model.num_parameters() < META_INIT_MIN_PARAMS:
-        return T5(config)
     model._lightning_t5_meta_init = True  # initialised by shard_model after sharding
     log.info("FSDP: %s parameters built on the meta device; initialised on the shards after sharding",
              f"{model.num_parameters():,}")
     return model
+
+
+class _FullTensorInit(TorchFunctionMode):
+    """While active, `nn.init.normal_` of a sharded parameter (DTensor) draws the parameter's full tensor on the CPU
+    from the generator it is given, exactly as an unsharded model's init does, and keeps this rank's shard of it.
+
+    Why not DTensor's own random ops: they draw only the local shard, consistently with the full tensor only
+    through CUDA's offset-based RNG tracker (CPU ranks all draw the same numbers) and never equal to the CPU
+    generator a 1-process run is initialised from. Other calls (`nn.init.ones_` of the norms) pass through.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        kwargs = dict(kwargs or {})
+        if func is nn.init.normal_:
+            tensor = kwargs.pop("tensor") if "tensor" in kwargs else args[0]
+            rest = args[1:] if args and args[0] is tensor else args
+            if isinstance(tensor, DTensor):
+                full = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
+                nn.init.normal_(full, *rest, **kwargs)  # this mode is off inside its own handler
+                shard = distribute_tensor(full.to(tensor.device), tensor.device_mesh, tensor.placements,
+                                          src_data_rank=None)  # every rank holds `full`: slice locally, no scatter
+                tensor.to_local().copy_(shard.to_local())
+                return tensor
+            return func(tensor, *rest, **kwargs)
+        return func(*args, **kwargs)
 
 
 def _has_relative_bias(block: nn.Module) -> bool:
@@ -147,7 +180,8 @@ def shard_model(model: nn.Module, mesh: Any, options: Mapping[str, Any]) -> nn.M
         device = torch.device("cuda", torch.cuda.current_device()) if dp_mesh.device_type == "cuda" else \
             torch.device(dp_mesh.device_type)
         model.to_empty(device=device)  # allocates only the local shards
-        model.reset_parameters()  # the model's own init, applied to each rank's local shards
+        with _FullTensorInit():
+            model.reset_parameters()  # the model's own init: full tensors drawn on the CPU, the local shard kept
         model._lightning_t5_meta_init = False
     return model
 

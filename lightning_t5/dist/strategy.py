@@ -20,8 +20,22 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.strategies import ModelParallelStrategy
 
-from lightning_t5.dist.checkpoint import finalize, load_checkpoint, partial_dir, write_file
+from lightning_t5.dist.checkpoint import (
+    META,
+    finalize,
+    load_checkpoint,
+    load_meta,
+    merge_sharded,
+    partial_dir,
+    read_dcp_metadata,
+    refuse_byte_items,
+    safe_reader,
+    split_sharded,
+    split_tensors,
+    write_file,
+)
 from lightning_t5.dist.sharding import is_sharded
+from lightning_t5.errors import CheckpointError
 
 __all__ = ["AtomicCheckpointIO", "ShardedStrategy", "make_strategy"]
 
@@ -56,11 +70,14 @@ class _Bf16AutocastPrecision(MixedPrecision):
 
 
 class ShardedStrategy(ModelParallelStrategy):
-    """`ModelParallelStrategy` as pure data parallelism over every process, with atomic DCP checkpoint directories.
+    """`ModelParallelStrategy` as pure data parallelism over every process, with atomic DCP checkpoint directories
+    that load without running pickled code.
 
-    Every rank writes its shard into `.<name>.partial/`; after a barrier rank 0 writes the completion marker and
-    renames the directory to its final name. A crash at any point leaves either the previous complete checkpoint or
-    an incomplete `.partial` directory that `find_last_checkpoint` never picks.
+    Saving: every rank writes the tensors of its shard (model and optimizer, `dist.checkpoint.split_sharded`) into
+    `.<name>.partial/`, rank 0 writes everything else as `meta.pt`; after a barrier rank 0 fsyncs the files, writes
+    the completion marker and renames the directory to its final name (`finalize`). A crash at any point leaves
+    either the previous complete checkpoint or an incomplete `.partial` directory that `find_last_checkpoint` never
+    picks. Loading (resume) reads through `dist.checkpoint.safe_reader` instead of Lightning's plain DCP load.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -77,6 +94,10 @@ class ShardedStrategy(ModelParallelStrategy):
         super().setup(trainer)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r}).")
         path = Path(self.broadcast(str(filepath)))
         tmp = partial_dir(path)
         if self.is_global_zero:
@@ -84,11 +105,48 @@ class ShardedStrategy(ModelParallelStrategy):
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         self.barrier("sharded_checkpoint_start")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        sharded, meta = split_sharded(checkpoint)
+        dcp.save(sharded, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
+        if self.is_global_zero:
+            write_file(meta, tmp / META)
         self.barrier("sharded_checkpoint_written")
         if self.is_global_zero:
             finalize(tmp, path, step=int(checkpoint.get("global_step", -1)))
         self.barrier("sharded_checkpoint_done")
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Restore the model and optimizer shards of a checkpoint directory in place and return the rest
+        (`meta.pt`: loops, callbacks...), as `ModelParallelStrategy.load_checkpoint` does, through the safe reader."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not path.is_dir():  # a single file (e.g. init from a DDP run's checkpoint): Lightning's weights_only path
+            return super().load_checkpoint(path, weights_only=True)
+        meta = load_meta(path)  # marker, metadata (read safely), shard lengths, meta.pt (weights_only)
+        refuse_byte_items(path, read_dcp_metadata(path))
+        rests = meta.pop("optimizer_states", None)
+        if rests is None or len(rests) != len(self.optimizers):
+            raise CheckpointError(
+                f"{str(path)!r} cannot be resumed: its {META} has the settings of "
+                f"{'no' if rests is None else len(rests)} optimizer(s), the run has {len(self.optimizers)}. Start "
+                f"a new run from its weights with init_from={str(path)!r}.")
+        module = self.model
+        state = {"state_dict": get_model_state_dict(module)}
+        dcp.load(state, storage_reader=safe_reader(path))
+        module.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        for i, optimizer in enumerate(self.optimizers):
+            tensors, _ = split_tensors(get_optimizer_state_dict(module, optimizer))  # the shards to fill in
+            loaded = {f"optimizer_{i}": tensors}
+            dcp.load(loaded, storage_reader=safe_reader(path))
+            set_optimizer_state_dict(module, optimizer, optim_state_dict=merge_sharded(tensors, rests[i]),
+                                     options=StateDictOptions(cpu_offload=True))
+        return meta
 
 
 def make_strategy(trainer_cfg: Mapping[str, Any]) -> Any:

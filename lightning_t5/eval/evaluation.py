@@ -23,8 +23,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from lightning_t5.eval.scoring import benchmark_averages
-from lightning_t5.eval.stats import LEVEL, N_RESAMPLES, bootstrap_ci, json_safe
+from lightning_t5.eval.scoring import benchmark_averages, metric_scores
+from lightning_t5.eval.stats import (
+    ALPHA,
+    LEVEL,
+    N_RESAMPLES,
+    bootstrap_ci,
+    json_safe,
+    paired_test,
+    permutation_p_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +48,18 @@ __all__ = [
     "eval_details",
     "render_run_results",
     "write_json",
+    "scored_metrics",
     "MAJORITY_TRAIN_EXAMPLES",
 ]
 
 # Training examples read to find a task's majority class (label distribution of the train split).
 MAJORITY_TRAIN_EXAMPLES = 100_000
+
+
+def scored_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """A task's metrics as reported everywhere: floats, an undefined correlation (constant predictions) as 0 (the
+    rule of `lightning_t5.eval.scoring`), any other undefined value as NaN (null in JSON)."""
+    return {k: float(metric_scores(k, v)) for k, v in metrics.items()}
 
 
 class EvalDataset(torch.utils.data.Dataset):
@@ -204,11 +219,12 @@ class TaskEvaluator:
             raise RuntimeError(f"Evaluation of {self.name!r} is missing predictions for {len(missing)} examples "
                                f"(first: {missing[:5]}); were all ranks' predictions gathered?")
         order = range(len(self.examples))
-        metrics = {k: float(v)
-                   for k, v in self.task.compute_metrics(self.targets, [predictions[i][0] for i in order]).items()}
-        if self.choice_ids is not None:
-            ranked = self.task.compute_metrics(self.targets, [predictions[i][1] for i in order])
-            metrics.update({f"rank_{k}": float(v) for k, v in ranked.items()})
+        with warnings.catch_warnings():  # scipy's ConstantInputWarning: an undefined correlation, scored as 0
+            warnings.simplefilter("ignore")
+            metrics = scored_metrics(self.task.compute_metrics(self.targets, [predictions[i][0] for i in order]))
+            if self.choice_ids is not None:
+                ranked = scored_metrics(self.task.compute_metrics(self.targets, [predictions[i][1] for i in order]))
+                metrics.update({f"rank_{k}": v for k, v in ranked.items()})
         return metrics
 
     def confidence_intervals(self, predictions: Mapping[int, tuple[Any, ...]]) -> dict[str, list[float | None]]:
@@ -222,21 +238,46 @@ class TaskEvaluator:
         return out
 
     def majority(self) -> dict[str, Any] | None:
-        """The constant-prediction reference: the train split's most frequent target, predicted for every example
-        and scored with the task's own metrics ({"prediction", "metrics"}); None without a train split. Cached."""
+        """The constant-prediction reference, predicted for every example and scored with the task's own metrics
+        ({"prediction", "metrics", "source"}): the train split's most frequent target, or, for a task without a
+        train split (an eval-only task), the most frequent target of the evaluated examples themselves (source =
+        the eval split: an optimistic reference, as it knows the evaluation labels). Cached."""
         if not hasattr(self, "_majority"):
             self._majority = None
-            label = majority_prediction(self.task)
+            source = "train"
+            label = majority_prediction(self.task, source)
+            if label is None and source not in getattr(self.task, "splits", []):
+                source = self.split
+                counts = collections.Counter(ex["targets"] for ex in self.examples)
+                label = counts.most_common(1)[0][0] if counts else None
             if label is not None:
                 preds = [self.task.postprocess(label, example=ex, is_target=False) for ex in self.examples]
                 self._majority_predictions = preds
-                with warnings.catch_warnings():  # a constant prediction has no correlation: NaN, reported as null
+                with warnings.catch_warnings():  # a constant prediction has no correlation: scored as 0
                     warnings.simplefilter("ignore")
-                    metrics = {k: float(v) for k, v in self.task.compute_metrics(self.targets, preds).items()}
+                    metrics = scored_metrics(self.task.compute_metrics(self.targets, preds))
                 if self.choice_ids is not None:
                     metrics.update({f"rank_{k}": v for k, v in list(metrics.items())})
-                self._majority = {"prediction": label, "metrics": metrics}
+                self._majority = {"prediction": label, "metrics": metrics, "source": source}
         return self._majority
+
+    def majority_tests(self, predictions: Mapping[int, tuple[Any, ...]]) -> dict[str, dict[str, Any]]:
+        """{metric: {"diff", "p", "above"}}: a paired permutation test of each metric (generated and `rank_`)
+        against the majority-class predictions on the same examples; `above` = significantly higher (p < 0.05).
+        This, not a comparison of point estimates, decides the "≤ majority" flag."""
+        if self.majority() is None:
+            return {}
+        order = range(len(self.examples))
+        arms = [("", [predictions[i][0] for i in order])]
+        if self.choice_ids is not None:
+            arms.append(("rank_", [predictions[i][1] for i in order]))
+        out = {}
+        for prefix, preds in arms:
+            tests = paired_test(self.task.metric_fns, self.targets, [preds], [self._majority_predictions])
+            for name, (diff, null) in tests.metrics.items():
+                p = permutation_p_value(diff, null)
+                out[prefix + name] = {"diff": diff, "p": p, "above": p is not None and diff > 0 and p < ALPHA}
+        return out
 
     def records(self, predictions: Mapping[int, tuple[Any, ...]]) -> list[dict[str, Any]]:
         """One JSON-able row per example: inputs, raw target, postprocessed target and predictions."""
@@ -264,8 +305,10 @@ def format_metrics_table(after: Mapping[str, Mapping[str, float]],
                          counts: Mapping[str, int] | None = None,
                          majority: Mapping[str, Mapping[str, Any] | None] | None = None) -> str:
     """A Markdown table: one row per (task, metric), with the step-0 value when `before` is given, the evaluation
-    example count `n`, the 95 % bootstrap interval, and the majority-class score with a flag when the score does
-    not beat it (a model that learned nothing scores exactly that)."""
+    example count `n`, the 95 % bootstrap interval, and the majority-class score with a flag when the score is not
+    significantly above it (a model that learned nothing scores exactly that). The flag comes from the paired test
+    against the majority predictions (`majority[task]["tests"]`, see `TaskEvaluator.majority_tests`), else from the
+    interval (flagged when its lower end does not clear the majority score), never from the point estimates."""
     head = [("task", "---"), ("metric", "---")]
     head += [("n", "---:")] if counts is not None else []
     head += [("before", "---:")] if before is not None else []
@@ -294,8 +337,8 @@ def format_metrics_table(after: Mapping[str, Mapping[str, float]],
                 m = maj.get(metric)
                 m = None if m is None or (isinstance(m, float) and math.isnan(m)) else m
                 cells.append(fmt(m))
-                beaten = m is None or value is None or math.isnan(value) or value > m + 1e-9
-                cells.append("" if beaten else "**≤ majority**")
+                cells.append("**≤ majority**" if _not_above_majority(majority.get(task), metric, m, ci, task)
+                             else "")
             rows.append("| " + " | ".join(cells) + " |")
     pad = (1 if counts is not None else 0)
     for name, value in (averages or {}).items():
@@ -305,7 +348,32 @@ def format_metrics_table(after: Mapping[str, Mapping[str, float]],
         cells.append(fmt(value))
         cells += [""] * (len(head) - len(cells))
         rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    notes = []
+    refs = [m for m in (majority or {}).values() if m]
+    if any(m.get("tests") for m in refs):
+        notes.append("\"≤ majority\": not significantly above the majority class (paired permutation test against "
+                     f"its predictions on the same examples, p ≥ {ALPHA}).")
+    elif refs and ci:
+        notes.append("\"≤ majority\": the interval's lower end does not clear the majority class.")
+    for task in sorted(majority or {}):
+        m = (majority or {}).get(task) or {}
+        if m.get("source") not in (None, "train"):
+            notes.append(f"Majority class of {task}: the most frequent target of its evaluated {m['source']} "
+                         "examples (the task has no train split), an optimistic reference.")
+    return "\n".join(rows) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _not_above_majority(majority: Mapping[str, Any] | None, metric: str, reference: float | None,
+                        ci: Mapping[str, Mapping[str, Sequence[float | None]]] | None, task: str) -> bool:
+    """Whether a score is not shown to be above the majority class: by the paired test when the run recorded it,
+    else by the interval (its lower end not above the majority score)."""
+    if not majority or reference is None:
+        return False
+    test = (majority.get("tests") or {}).get(metric)
+    if test is not None:
+        return not test.get("above")
+    lo = ((ci or {}).get(task) or {}).get(metric)
+    return bool(lo) and lo[0] is not None and lo[0] <= reference + 1e-9
 
 
 def majority_prediction(task: Any, split: str = "train", limit: int = MAJORITY_TRAIN_EXAMPLES) -> str | None:
@@ -334,7 +402,8 @@ def evaluate_predictions(evaluators: Sequence[TaskEvaluator], merged: Mapping[st
     majority: dict[str, Any] = {}
     for ev in evaluators:
         try:
-            majority[ev.name] = ev.majority()
+            ref = ev.majority()
+            majority[ev.name] = None if ref is None else {**ref, "tests": ev.majority_tests(merged.get(ev.name, {}))}
         except Exception as err:  # a reference value must never fail an evaluation
             log.warning("majority class of %s not computed: %s", ev.name, err)
             majority[ev.name] = None
@@ -372,11 +441,23 @@ def write_predictions(run_dir: str | Path, evaluation: Mapping[str, Any] | None)
 
 
 def read_predictions(run_dir: str | Path, task: str) -> list[dict[str, Any]] | None:
-    """The rows `write_predictions` wrote for `task`, or None when the run has none."""
+    """The rows `write_predictions` wrote for `task`, or None when the run has none.
+
+    JSON writes a tuple as a list: a grouped target's "group" (ReCoRD: (passage, query)) is made a tuple again, so
+    the task's grouped metrics (`tasks.metrics.deduplicate_metric`) can use it as a key, as they did in the run."""
     path = Path(run_dir) / "predictions" / f"{task}.jsonl"
     if not path.is_file():
         return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        target = row.get("target")
+        if isinstance(target, dict) and isinstance(target.get("group"), list):
+            target["group"] = _as_tuple(target["group"])
+    return rows
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -394,9 +475,9 @@ def render_run_results(cfg: Any, result: Mapping[str, Any], with_before: bool) -
     header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
               f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
               f"Metrics on the {result.get('eval_split') or cfg.eval.split} split ({count_text} examples), with "
-              f"95 % bootstrap intervals over the examples ({N_RESAMPLES} resamples); \"majority class\" is the "
-              "score of always predicting the train split's most frequent target (before = the untrained model at "
-              "step 0; `rank_*` = rank classification).\n\n")
+              f"95 % bootstrap intervals over the examples ({N_RESAMPLES} resamples; they hold this model fixed, "
+              "see docs/experiments.md); \"majority class\" is the score of always predicting the train split's "
+              "most frequent target (before = the untrained model at step 0; `rank_*` = rank classification).\n\n")
     table = format_metrics_table(result["metrics"], result["metrics_before"] if with_before else None,
                                  result["averages"], result["averages_before"] if with_before else None,
                                  ci=result.get("ci") or {}, counts=counts, majority=result.get("majority") or {})

@@ -1,10 +1,12 @@
 """Say, at the start of a run, how much of each task does not fit `data.sequence_length`.
 
 Why: a 1,172-token summarisation input fed to a 128-token encoder is cut without a word, and the model is then
-trained and scored on text it never fully sees. For every supervised task of the run this measures, on the cached
-tokenized splits (EOS included, vectorised over Arrow list lengths), the share of examples whose inputs / targets
-exceed the configured lengths and the length that would fit 95 % of them. The report is logged (a warning per
-truncated task), stored in `metrics.json` under "truncation" and rendered into `results.md`.
+trained and scored on text it never fully sees. For every supervised task of the run this measures the share of
+examples whose inputs / targets exceed the configured lengths and the length that would fit 95 % of them. The
+lengths are the differences of the token caches' offsets (`tasks.cache`; EOS included): the train splits' caches
+are the ones training reads, so nothing is tokenized a second time; an evaluation split is cached on first use.
+The report is logged (a warning per truncated task), stored in `metrics.json` under "truncation" and rendered into
+`results.md`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import pyarrow.compute as pc
 
 __all__ = ["length_stats", "truncation_report", "render_truncation", "log_truncation"]
 
@@ -31,17 +32,16 @@ def length_stats(lengths: np.ndarray, limit: int) -> dict[str, Any]:
 
 
 def _split_report(task: Any, split: str, sequence_length: Mapping[str, int]) -> dict[str, Any] | None:
-    if split not in getattr(task, "splits", []):
+    if split not in getattr(task, "splits", []) or not hasattr(task, "token_cache"):
         return None
     try:
-        table = task.tokenized(split).data
-    except Exception as err:  # streaming sources have no tokenized cache: nothing to measure up front
+        cache = task.token_cache(split, sequence_length)
+    except Exception as err:  # a streaming split without its offline cache: nothing to measure up front
         log.debug("no length report for %s/%s: %s", task.name, split, err)
         return None
-    out: dict[str, Any] = {"split": split, "examples": int(table.num_rows)}
+    out: dict[str, Any] = {"split": split, "examples": len(cache)}
     for key in ("inputs", "targets"):
-        lengths = pc.list_value_length(table.column(key)).to_numpy(zero_copy_only=False)
-        out[key] = length_stats(lengths, int(sequence_length[key]))
+        out[key] = length_stats(cache.lengths(key), int(sequence_length[key]))
     return out
 
 

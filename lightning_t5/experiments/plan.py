@@ -44,7 +44,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,7 +61,48 @@ STRATEGIES: dict[str, str] = {
     "mtdnn": "MT-DNN-style multi-task fine-tuning",
     "no_pretraining": "No pre-training",
 }
-KINDS = ("strategies", "mixing_sweep")
+KINDS = ("strategies", "mixing_sweep")  # planned here; other kinds register a planner (register_kind)
+Planner = Callable[[Mapping[str, Any], "_Builder", Mapping[str, Any]], list["Row"]]
+_PLANNERS: dict[str, Planner] = {}
+
+
+@dataclass(frozen=True)
+class ComputeContext:
+    """What a compute stage's function gets (`Stage.compute`, run by the runner in its own process when every stage
+    in `stage.after` has finished): the plan, the experiment's config, every finished stage's result, and the
+    stage's own folder, where it writes its outputs (e.g. `weights.json`)."""
+
+    stage: Stage
+    plan: ExperimentPlan
+    cfg: Any
+    results: Mapping[str, Mapping[str, Any]]
+    experiment_dir: Any  # pathlib.Path
+    run_dir: Any  # pathlib.Path
+
+
+ComputeFn = Callable[[ComputeContext], Mapping[str, Any]]
+_COMPUTE: dict[str, ComputeFn] = {}
+
+
+def register_compute(name: str, fn: ComputeFn) -> None:
+    """Name a function that a stage with `compute=name` runs (lightning_t5.experiments.search registers its own)."""
+    _COMPUTE[name] = fn
+
+
+def compute_function(name: str) -> ComputeFn:
+    if name not in _COMPUTE:
+        raise ExperimentConfigError(f"no compute function {name!r} is registered; known: {sorted(_COMPUTE)}")
+    return _COMPUTE[name]
+
+
+def register_kind(kind: str, planner: Planner) -> None:
+    """Add an experiment kind: `planner(block, builder, mixing) -> rows`, adding its stages to `builder` (as
+    `_plan_strategies` does). lightning_t5.experiments.doremi and .search register theirs when the package loads."""
+    _PLANNERS[kind] = planner
+
+
+def kinds() -> tuple[str, ...]:
+    return (*KINDS, *_PLANNERS)
 
 
 class ExperimentConfigError(ConfigError):
@@ -89,20 +130,53 @@ class Stage:
     optim: Mapping[str, Any] = field(default_factory=dict)
     granularity: str = "example"
     eval_tasks: tuple[str, ...] = ()
-    role: str = "finetune"  # pretrain | multitask | finetune
+    role: str = "finetune"  # pretrain | multitask | finetune | reference | proxy | compute
     run_dir: str = ""
     seed: int | None = None  # None: the run's `seed`
+    # Inputs that only exist once other stages have finished (resolved by the runner when this stage starts):
+    checkpoint_inputs: Mapping[str, str] = field(default_factory=dict)  # run-config key -> stage: its final checkpoint
+    weights_from: str | None = None  # "<stage>" or "<stage>:<key>": mixing.weights from that stage's weights.json
+    after: tuple[str, ...] = ()  # further stages that must finish first (a compute stage's inputs)
+    compute: str | None = None  # a stage that trains nothing: the name of a runner compute function (COMPUTE)
+    params: Mapping[str, Any] = field(default_factory=dict)  # arguments of `compute`
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # run-config overrides of this stage only
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description (what `stage.json` stores and the fingerprint hashes)."""
         d = dataclasses.asdict(self)
         if self.seed is None:
             d.pop("seed")  # single-seed plans keep the fingerprints they had before seeds existed
+        for key in _LATER_FIELDS:  # likewise plans without them keep the fingerprints they had
+            if not d[key]:
+                d.pop(key)
         d["tasks"] = list(self.tasks)
         d["eval_tasks"] = list(self.eval_tasks)
         d["mixing"] = dict(self.mixing)
         d["optim"] = dict(self.optim)
+        for key in ("checkpoint_inputs", "params", "overrides"):
+            if key in d:
+                d[key] = dict(d[key])
+        if "after" in d:
+            d["after"] = list(self.after)
         return d
+
+    def dependencies(self) -> tuple[str, ...]:
+        """Every stage that must finish before this one starts (its starting point first)."""
+        deps = [self.init_stage] if self.init_stage else []
+        deps += list(self.checkpoint_inputs.values())
+        if self.weights_from:
+            deps.append(weights_source(self.weights_from)[0])
+        deps += list(self.after)
+        return tuple(dict.fromkeys(deps))
+
+
+_LATER_FIELDS = ("checkpoint_inputs", "weights_from", "after", "compute", "params", "overrides")
+
+
+def weights_source(ref: str) -> tuple[str, str | None]:
+    """`"<stage>"` -> (stage, None); `"<stage>:<key>"` -> (stage, key): which of the stage's weight sets to read."""
+    stage, _, key = ref.partition(":")
+    return stage, (key or None)
 
 
 @dataclass(frozen=True)
@@ -343,17 +417,25 @@ def _plan_strategies(block: Mapping, b: _Builder, mixing: Mapping) -> list[Row]:
 
 
 def _row(b: _Builder, key: str, label: str, ev: Mapping[str, str]) -> Row:
+    """A row that depends on its evaluated stages and, transitively, on every stage they need (starting points,
+    reference models, the proxies whose results chose its weights): the row's compute counts all of them."""
     deps: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in deps:
+            return
+        for dep in b.stages[name].dependencies():
+            visit(dep)
+        deps.append(name)
+
     for stage_name in ev.values():
-        s: Stage | None = b.stages[stage_name]
-        chain = []
-        while s is not None:
-            chain.append(s.name)
-            s = b.stages[s.init_stage] if s.init_stage else None
-        for name in reversed(chain):
-            if name not in deps:
-                deps.append(name)
+        visit(stage_name)
     return Row(key=key, label=label, eval_stage=dict(ev), stages=tuple(deps))
+
+
+def row(b: _Builder, key: str, label: str, ev: Mapping[str, str]) -> Row:
+    """Public alias of `_row` for the planners of other experiment kinds (lightning_t5.experiments.doremi...)."""
+    return _row(b, key, label, ev)
 
 
 def _plan_sweep(block: Mapping, b: _Builder, mixing: Mapping) -> list[Row]:
@@ -419,8 +501,8 @@ def make_plan(cfg: DictConfig | Mapping, select_rows: bool = True) -> Experiment
         raise ExperimentConfigError("experiment_options.name must be a plain folder name (letters, digits, _ . -), "
                                     f"got {name!r}")
     kind = block.get("kind")
-    if kind not in KINDS:
-        raise ExperimentConfigError(f"experiment_options.kind must be one of {KINDS}, got {kind!r}")
+    if kind not in kinds():
+        raise ExperimentConfigError(f"experiment_options.kind must be one of {kinds()}, got {kind!r}")
     base_mixing = cfg.get("mixing") if hasattr(cfg, "get") else None
     mixing = {}
     if block.get("mixing"):
@@ -430,7 +512,12 @@ def make_plan(cfg: DictConfig | Mapping, select_rows: bool = True) -> Experiment
         mixing = (OmegaConf.to_container(base_mixing, resolve=True) if isinstance(base_mixing, DictConfig)
                   else dict(base_mixing))
     b = _Builder(name)
-    rows = _plan_strategies(block, b, mixing) if kind == "strategies" else _plan_sweep(block, b, mixing)
+    if kind == "strategies":
+        rows = _plan_strategies(block, b, mixing)
+    elif kind == "mixing_sweep":
+        rows = _plan_sweep(block, b, mixing)
+    else:
+        rows = _PLANNERS[kind](block, b, mixing)
     wanted = block.get("rows") if select_rows else None
     if wanted:
         keys = [r.key for r in rows]
@@ -476,9 +563,15 @@ def _per_seed(stages: Sequence[Stage], rows: Sequence[Row], seeds: Sequence[int]
     for seed in seeds:
         for st in stages:
             name = seed_stage_name(st.name, seed)
+            weights_from = None
+            if st.weights_from:
+                source, key = weights_source(st.weights_from)
+                weights_from = seed_stage_name(source, seed) + (f":{key}" if key else "")
             out.append(dataclasses.replace(
                 st, name=name, seed=seed, run_dir=f"stages/{name}",
-                init_stage=seed_stage_name(st.init_stage, seed) if st.init_stage else None))
+                init_stage=seed_stage_name(st.init_stage, seed) if st.init_stage else None,
+                checkpoint_inputs={k: seed_stage_name(v, seed) for k, v in st.checkpoint_inputs.items()},
+                weights_from=weights_from, after=tuple(seed_stage_name(a, seed) for a in st.after)))
     new_rows = []
     for r in rows:
         per_seed = tuple((seed, {t: seed_stage_name(n, seed) for t, n in r.eval_stage.items()}) for seed in seeds)
@@ -493,15 +586,20 @@ def plan_experiment(cfg: DictConfig | Mapping) -> list[Stage]:
     return list(make_plan(cfg).stages)
 
 
-def fingerprint(stage: Stage, parent_fingerprint: str | None, context: Mapping[str, Any]) -> str:
-    """Stable hash of what determines a stage's weights: its spec (minus its folder), its parent's fingerprint and
-    the run-wide settings in `context` (model, data, seed, base optim). A finished stage is reused only when this
-    matches, so changing `finetune_steps` or the model never silently reuses stale checkpoints."""
+def fingerprint(stage: Stage, parent_fingerprint: str | None, context: Mapping[str, Any],
+                inputs: Mapping[str, str] | None = None) -> str:
+    """Stable hash of what determines a stage's weights: its spec (minus its folder), its parent's fingerprint,
+    the fingerprints of the other stages it reads (`inputs`: stage -> fingerprint, e.g. DoReMi's reference model or
+    the proxies a search fits) and the run-wide settings in `context` (model, data, seed, base optim). A finished
+    stage is reused only when this matches, so changing `finetune_steps` or the model never silently reuses stale
+    checkpoints. A stage whose weights come from a file is fingerprinted with those weights filled in."""
     spec = stage.spec()
     spec.pop("run_dir")
     spec.pop("eval_tasks")  # evaluation does not change the weights
-    payload = json.dumps({"stage": spec, "parent": parent_fingerprint, "context": context}, sort_keys=True,
-                         default=str)
+    body: dict[str, Any] = {"stage": spec, "parent": parent_fingerprint, "context": context}
+    if inputs:
+        body["inputs"] = dict(inputs)
+    payload = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

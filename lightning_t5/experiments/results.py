@@ -1,10 +1,11 @@
 """Results of an experiment: one row per strategy (or mixing rate), a column per task metric and per benchmark
 average, the compute each row used, and the T5 paper's numbers beside ours where the benchmark matches.
 
-Scoring follows the paper (Section 2.7 / 3.1.4): a task's score is the mean of its metrics (e.g. MRPC's F1 and
-accuracy, STS-B's Pearson and Spearman), a benchmark average (GLUE, SGLUE) is the mean of its tasks' scores.
-Our averages are over the tasks the experiment ran, so they match the paper's benchmark only when every task of
-the benchmark is in the experiment; the table says over how many tasks each average is taken.
+Scoring follows the paper (Section 2.7 / 3.1.4) through the one scoring function (`lightning_t5.eval.scoring`, also
+behind each run's metrics.json): a task's score is the mean of its metrics (e.g. MRPC's F1 and accuracy, STS-B's
+Pearson and Spearman; an undefined correlation counts as 0), a benchmark average (GLUE, SGLUE) is the mean of its
+tasks' scores. Our averages are over the tasks the experiment ran, so they match the paper's benchmark only when
+every task of the benchmark is in the experiment; the table says over how many tasks each average is taken.
 """
 
 from __future__ import annotations
@@ -17,56 +18,34 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lightning_t5.eval.scoring import average_replicates, is_score, metric_score, task_score
 from lightning_t5.eval.stats import json_safe
 
 from .paper import BASELINE_STD, PAPER_CITATION, PAPER_COLUMNS, TABLE_11, TABLE_12, paper_row
 from .plan import ExperimentPlan, Row
-from .significance import add_statistics
+from .significance import add_statistics, average_names
 
 # Full benchmark sizes (tasks that enter the paper's average) to say whether our average covers the benchmark.
 BENCHMARK_TASK_COUNTS = {"glue": 8, "super_glue": 8}
 BENCHMARK_NAMES = {"glue": "GLUE", "super_glue": "SGLUE", "overall": "overall"}
-_NOT_SCORES = ("loss", "num_examples", "examples", "n")
+_KIND_TITLES = {"strategies": "Training strategies (T5 Table 12)", "mixing_sweep": "Mixing strategies (T5 Table 11)",
+                "doremi": "Mixing weights from DoReMi", "mixing_search": "Mixing weights from a search",
+                "mixing_methods": "Mixing methods: static, UniMax, ODM, DoReMi, search"}
 
 
-def _is_score(metric: str) -> bool:
-    return not (metric in _NOT_SCORES or metric.endswith("_loss") or metric.startswith("num_"))
-
-
-def _mean(values: list[float]) -> float | None:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _score_value(metric: str, value: Any) -> float | None:
-    """A metric's value for averaging. A correlation (Pearson, Spearman, MCC) of constant predictions is undefined
-    (NaN/null); it counts as 0, no correlation, so a model or the majority class that predicts one value is scored
-    at chance instead of dropping the task from its average (which would compare averages over different tasks)."""
-    if isinstance(value, (int, float)) and math.isfinite(float(value)):
-        return float(value)
-    return 0.0 if metric.endswith("corrcoef") else None
-
-
-def task_score(metrics: Mapping[str, float], rank: bool = False) -> float | None:
-    """The paper's per-task score: mean of the task's metrics (all on 0-100).
-
-    `rank=False` uses the generation metrics (what the paper reports); `rank=True` the rank-classification ones
-    (`rank_*`: each label string scored by likelihood), which separate small models that do not yet generate
-    valid labels. An undefined correlation counts as 0 (see `_score_value`)."""
-    return _mean([_score_value(k, v) for k, v in metrics.items() if _is_score(k) and k.startswith("rank_") == rank])
+def _bench_name(bench: str) -> str:
+    return BENCHMARK_NAMES.get(bench, bench)
 
 
 def _averages(tasks: list[str], scores: Mapping[str, float | None], benchmarks: Mapping[str, str | None]
               ) -> tuple[dict[str, float | None], dict[str, int]]:
-    averages: dict[str, float | None] = {}
-    counts: dict[str, int] = {}
-    for bench in ("glue", "super_glue"):
-        members = [t for t in tasks if benchmarks.get(t) == bench]
-        if members:
-            averages[bench] = _mean([scores.get(t) for t in members])
-            counts[bench] = len(members)
-    averages["overall"] = _mean([scores.get(t) for t in tasks])
-    counts["overall"] = len(tasks)
+    """Every average of the table (`average_names`) over the tasks that have a score (None when none has one),
+    computed by `scoring.average_replicates`, and the number of tasks each one is meant to cover."""
+    names = average_names(tasks, benchmarks)
+    values = average_replicates({t: scores[t] if scores.get(t) is not None else math.nan for t in tasks
+                                 if t in scores}, benchmarks)
+    averages = {b: _finite(float(values[b][0])) if b in values else None for b in names}
+    counts = {b: sum(1 for t in tasks if b == "overall" or benchmarks.get(t) == b) for b in names}
     return averages, counts
 
 
@@ -110,7 +89,7 @@ def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str,
             metrics_std[task] = {k: (float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else None)
                                  for k in names}
             for k in names:
-                if _is_score(k) and k not in metric_names[task]:
+                if is_score(k) and k not in metric_names[task]:
                     metric_names[task].append(k)
         scores = {t: task_score(m) for t, m in metrics.items()}
         rank_scores = {t: task_score(m, rank=True) for t, m in metrics.items()}
@@ -188,13 +167,16 @@ def build_results(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str,
 
 def majority_row(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, Any]],
                  benchmarks: Mapping[str, str | None]) -> dict[str, Any] | None:
-    """The constant-prediction reference (train split's most frequent target), as evaluation recorded it."""
+    """The constant-prediction reference (train split's most frequent target, or the evaluated examples' for a task
+    without a train split: `sources`), as evaluation recorded it."""
     metrics: dict[str, dict[str, float]] = {}
+    sources: dict[str, str] = {}
     for res in stage_results.values():
         for task, maj in (res.get("majority") or {}).items():
             if task in plan.tasks and maj and task not in metrics:
+                sources[task] = maj.get("source") or "train"
                 metrics[task] = {k: value for k, v in (maj.get("metrics") or {}).items()
-                                 if (value := _score_value(k, v)) is not None}
+                                 if (value := metric_score(k, v)) is not None}
     if not metrics:
         return None
     scores = {t: task_score(m) for t, m in metrics.items()}
@@ -202,7 +184,7 @@ def majority_row(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, 
     rank_averages, _ = _averages(list(plan.tasks), {t: task_score(m, rank=True) for t, m in metrics.items()},
                                  benchmarks)
     return {"key": "majority_class", "label": "Majority class (reference)", "metrics": metrics, "task_scores": scores,
-            "averages": averages, "rank_averages": rank_averages}
+            "averages": averages, "rank_averages": rank_averages, "sources": sources}
 
 
 def _ranking_key(results: Mapping[str, Any]) -> str:
@@ -250,12 +232,12 @@ def compare_ordering(results: Mapping[str, Any]) -> dict[str, Any]:
     n = sum(1 for b in results["benchmarks"].values() if b == ours_key)
     full = BENCHMARK_TASK_COUNTS.get(ours_key)
     if ours_key == "overall" or (full and n < full):
-        subset = (f" Our {BENCHMARK_NAMES[ours_key]} average covers "
+        subset = (f" Our {_bench_name(ours_key)} average covers "
                   f"{n if ours_key != 'overall' else len(results['tasks'])}"
                   f" task(s), not the paper's full benchmark, so this is a rough check.")
     note = (("Our ordering matches the paper's" if matches else "Our ordering differs from the paper's")
             + f" ({agree}/{len(pairs)} pairs in the paper's order" + (f", {tied} tied" if tied else "")
-            + f", by {BENCHMARK_NAMES[ours_key]} average"
+            + f", by {_bench_name(ours_key)} average"
             + (" of rank-classification scores, as generation scores do not separate the rows" if field != "averages"
                else "") + "). Paper: "
             + " > ".join(label[k] for k in paper) + ". Ours: " + " > ".join(label[k] for k in ours) + "." + subset)
@@ -295,10 +277,10 @@ def _columns(results: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     cols: list[tuple[str, str, Any]] = [(f"{t} {m}", "metric", (t, m)) for t, m in results["metric_columns"]]
     benches = [b for b in ("glue", "super_glue") if any(v == b for v in results["benchmarks"].values())]
     for b in benches + ["overall"]:
-        cols.append((f"{BENCHMARK_NAMES[b]} avg", "average", b))
+        cols.append((f"{_bench_name(b)} avg", "average", b))
     if any(r.get("rank_averages") for r in results["rows"]):
         for b in benches + ["overall"]:
-            cols.append((f"{BENCHMARK_NAMES[b]} avg (rank)", "rank_average", b))
+            cols.append((f"{_bench_name(b)} avg (rank)", "rank_average", b))
     if results.get("paper_citation"):
         matching = paper_columns_for(results["tasks"], results["benchmarks"])
         present = [k for k in PAPER_COLUMNS if k in matching and any(k in r["paper"] for r in results["rows"])]
@@ -343,7 +325,7 @@ def _cell(row: Mapping[str, Any], kind: str, key: Any, human: bool) -> Any:
 
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The results table in Markdown, with the budget, the paper comparison note and the citation."""
-    kind = "Training strategies (T5 Table 12)" if results["kind"] == "strategies" else "Mixing strategies (T5 Table 11)"
+    kind = _KIND_TITLES.get(results["kind"], "Mixing strategies (T5 Table 11)")
     lines = [f"# {results['experiment']}: {kind}", ""]
     if results.get("description"):
         lines += [results["description"], ""]
@@ -360,17 +342,26 @@ def render_markdown(results: Mapping[str, Any]) -> str:
               "tasks' scores (a task's score: mean of its metrics).", ""]
     lines += _main_table(results)
     lines += _per_task_table(results)
+    lines += _pairwise_table(results)
     rated = [r for r in results["rows"] if r.get("mixing_rates")]
     if rated:
         mix_tasks = list(dict.fromkeys(t for r in rated for t in r["mixing_rates"]))
-        lines += ["Share of training examples per task (the mixing rates each multi-task model was trained with):", "",
+        lines += ["Share of training examples per task (planned by the rates each multi-task model was trained "
+                  "with, at its own sequence lengths; each stage's metrics.json `shares` also has the shares it "
+                  "drew):", "",
                   "| row | " + " | ".join(mix_tasks) + " |", "|---|" + "---:|" * len(mix_tasks)]
         for r in rated:
             lines.append(f"| {r['label']} | " + " | ".join(f"{100 * r['mixing_rates'].get(t, 0.0):.1f}%"
                                                            for t in mix_tasks) + " |")
         lines.append("")
+    over_time = results.get("weights_over_training") or {}
+    if over_time:
+        lines += [f"Shares over training: `{SHARES_PLOT}` next to this file plots every row's planned and drawn shares "
+                  "per block (from each stage's `mixing.json`; `weights_over_training` in results.json lists the rate "
+                  "stages): " + "; ".join(f"{v['label']}: {len(v['stages'])} stage(s)" for v in over_time.values())
+                  + ".", ""]
     counts = results["rows"][0]["average_task_counts"] if results["rows"] else {}
-    parts = [f"{BENCHMARK_NAMES[b]} avg over {c} task(s)" for b, c in counts.items()]
+    parts = [f"{_bench_name(b)} avg over {c} task(s)" for b, c in counts.items()]
     if parts:
         lines += ["Averages: " + "; ".join(parts) + ". `rank_*` metrics and the \"(rank)\" averages score each "
                   "label string by likelihood (rank classification); the plain averages use generated text, as "
@@ -408,10 +399,10 @@ def _with_ci(value: Any, ci: Sequence[Any] | None, std: Any = None) -> str:
     return text
 
 
-def _test_cell(test: Mapping[str, Any] | None) -> str:
+def _test_cell(test: Mapping[str, Any] | None, flag: str = "significant") -> str:
     if not test or test.get("p") is None:
         return "–"
-    mark = "*" if test.get("significant") else ""
+    mark = "*" if test.get(flag) else ""
     return f"{test['diff']:+.2f}{mark} (p={test.get('p_holm', test['p']):.3f})"
 
 
@@ -425,11 +416,12 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
         matching = paper_columns_for(results["tasks"], results["benchmarks"])
         paper = [k for k in PAPER_COLUMNS if k in matching and any(k in r["paper"] for r in results["rows"])]
     test = results.get("test")
+    tested = [b for b in test.get("averages", [test["metric"]]) if b in benches] if test else []
     test_head = []
     if test:
         rank_note = " rank" if test["scores"] == "rank_averages" else ""
-        test_head = [f"vs {results['baseline']} ({BENCHMARK_NAMES[test['metric']]}{rank_note})"]
-    head = (["row"] + [f"{BENCHMARK_NAMES[b]} avg{suffix}" for f, suffix in fields for b in benches] + test_head
+        test_head = [f"vs {results['baseline']} ({_bench_name(b)}{rank_note})" for b in tested]
+    head = (["row"] + [f"{_bench_name(b)} avg{suffix}" for f, suffix in fields for b in benches] + test_head
             + ["seeds", "steps", "tokens", "wall time (s)"] + [f"paper {PAPER_COLUMNS[k]}" for k in paper])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for row in results["rows"]:
@@ -439,8 +431,9 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
             for b in benches:
                 std = (row.get("averages_std") or {}).get(b) if f == "averages" else None
                 cells.append(_with_ci((row.get(f) or {}).get(b), (row.get(f"{f}_ci") or {}).get(b), std))
-        if test:
-            cells.append("baseline" if row["key"] == results.get("baseline") else _test_cell(row.get("vs_baseline")))
+        for b in tested:
+            cells.append("baseline" if row["key"] == results.get("baseline")
+                         else _test_cell((row.get("vs_baseline_averages") or {}).get(b)))
         cells.append(str(len(row["seeds"])) if row.get("seeds") else "1")
         cells += [_fmt(_cell(row, "compute", k, True)) for k in ("steps", "tokens", "wall_time_s")]
         cells += [_fmt(row["paper"].get(k)) for k in paper]
@@ -448,7 +441,7 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
     maj = results.get("majority")
     if maj:
         cells = [maj["label"]] + [_fmt((maj.get(f) or {}).get(b)) for f, _ in fields for b in benches]
-        cells += (["–"] if test else []) + ["–"] * 4 + ["–"] * len(paper)
+        cells += ["–"] * len(tested) + ["–"] * 4 + ["–"] * len(paper)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     notes = []
@@ -457,12 +450,15 @@ def _main_table(results: Mapping[str, Any]) -> list[str]:
     if results.get("seeds"):
         notes.append(f"± : standard deviation over the seeds {results['seeds']} (the value is their mean)")
     if test:
-        notes.append(f"vs baseline: difference of the {BENCHMARK_NAMES[test['metric']]} average to the "
-                     f"{results['baseline']} row, Holm-adjusted p of a {test['name'].split(',')[0]} "
-                     f"({test['permutations']} permutations); * = significant at p < {test['alpha']}")
+        notes.append(f"vs {results['baseline']}: difference of each average to the {results['baseline']} row, "
+                     f"Holm-adjusted (over the rows, per average) p of a {test['name'].split(',')[0]} "
+                     f"(up to {test['permutations']} permutations); * = significant at p < {test['alpha']}")
     if maj:
+        from_eval = sorted(t for t, src in (maj.get("sources") or {}).items() if src != "train")
         notes.append("Majority class: always predicting the train split's most frequent target, scored by each "
-                     "task's own metrics (the chance level every row must beat)")
+                     "task's own metrics (the chance level every row must beat)"
+                     + (f"; for {', '.join(from_eval)} (no train split) the most frequent target of the evaluated "
+                        "examples themselves, an optimistic reference" if from_eval else ""))
     return lines + ([("; ".join(notes)) + ".", ""] if notes else [])
 
 
@@ -479,8 +475,8 @@ def _per_task_table(results: Mapping[str, Any]) -> list[str]:
     maj = (results.get("majority") or {}).get("metrics") or {}
     head = ["row"] + [f"{t} {m}" + (f" (n={counts[t]})" if t in counts else "") for t, m in cols]
     lines = ["Per-task scores" + (" (value [95 % CI]; * = task score differs from the baseline's, Holm-adjusted "
-                                  "paired test; ≤maj = not above the majority class; (maj*) = significantly above "
-                                  "it)" if results.get("test") else "")
+                                  "paired test; ≤maj = not significantly above the majority class, Holm-adjusted "
+                                  "paired test of the metric against its predictions)" if results.get("test") else "")
              + "; a correlation of constant predictions (the majority class) is undefined and counts as 0:", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     rows = list(results["rows"])
@@ -494,16 +490,45 @@ def _per_task_table(results: Mapping[str, Any]) -> list[str]:
                 task_test = (row.get("task_tests") or {}).get(t) or {}
                 if task_test.get("significant"):
                     text += " *"
-                ref = (maj.get(t) or {}).get(m)
-                if ref is not None and v <= ref + 1e-9:
+                if _not_above_majority(row, t, m, (maj.get(t) or {}).get(m)):
                     text += " ≤maj"
-                elif ((row.get("vs_majority") or {}).get(t) or {}).get("significant"):
-                    text += " (maj*)"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     if maj:
         lines.append("| Majority class (reference) | " + " | ".join(_fmt((maj.get(t) or {}).get(m)) for t, m in cols)
                      + " |")
+    return lines + [""]
+
+
+def _not_above_majority(row: Mapping[str, Any], task: str, metric: str, reference: float | None) -> bool:
+    """Whether a row's metric is not shown to be above the majority class: by the paired test of the metric against
+    the majority predictions (Holm over the rows) when the row has one, else by its interval (lower end not above
+    the majority score); never by the point estimates."""
+    if reference is None:
+        return False
+    test = (((row.get("vs_majority") or {}).get(task) or {}).get("metrics") or {}).get(metric)
+    if test is not None and test.get("p") is not None:
+        return not (test.get("significant") and test["diff"] > 0)
+    ci = ((row.get("ci") or {}).get(task) or {}).get(metric)
+    return bool(ci) and ci[0] is not None and ci[0] <= reference + 1e-9
+
+
+def _pairwise_table(results: Mapping[str, Any]) -> list[str]:
+    """Every two finished rows compared on every average (difference a - b, Holm over the pairs per average)."""
+    pairs = results.get("pairwise") or []
+    if not pairs:
+        return []
+    benches = [b for b in average_names(results["tasks"], results["benchmarks"])
+               if any(b in p.get("averages", {}) for p in pairs)]
+    label = {r["key"]: r["label"] for r in results["rows"]}
+    lines = ["Pairwise tests between rows (difference row a - row b of each average, Holm-adjusted p over the pairs "
+             "within each average; * = separable at p < 0.05):", "",
+             "| row a | row b | " + " | ".join(f"{_bench_name(b)} avg" for b in benches) + " |",
+             "|---|---|" + "---:|" * len(benches)]
+    for p in pairs:
+        cells = [label.get(p["a"], p["a"]), label.get(p["b"], p["b"])]
+        cells += [_test_cell(p.get("averages", {}).get(b), "separable") for b in benches]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -562,11 +587,11 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
         err = [[max(0.0, v - ci[0]) if v is not None and ci and ci[0] is not None else 0.0 for v, ci in zip(vals, cis)],
                [max(0.0, ci[1] - v) if v is not None and ci and ci[1] is not None else 0.0 for v, ci in zip(vals, cis)]]
         bars = ax.bar(offs, [v if v is not None else 0.0 for v in vals], width, yerr=err, capsize=3,
-                      label=f"ours: {BENCHMARK_NAMES[b]} avg{kind_label}" + (" (95% CI)" if any(cis) else ""))
+                      label=f"ours: {_bench_name(b)} avg{kind_label}" + (" (95% CI)" if any(cis) else ""))
         maj = ((results.get("majority") or {}).get(field) or {}).get(b)
         if maj is not None:
             ax.axhline(maj, color=bars.patches[0].get_facecolor(), linestyle=":", linewidth=1.2,
-                       label=f"majority class: {BENCHMARK_NAMES[b]}")
+                       label=f"majority class: {_bench_name(b)}")
         pv = [r["paper"].get(b) for r in rows]
         pts = [(o, v) for o, v in zip(offs, pv) if v is not None]
         if pts:
@@ -576,7 +601,7 @@ def plot_results(results: Mapping[str, Any], path: Path) -> None:
     ax.set_xticks(xs)
     ax.set_xticklabels([r["label"] for r in rows], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("score (0-100)")
-    title = "training strategies (T5 Table 12)" if results["kind"] == "strategies" else "mixing rates (T5 Table 11)"
+    title = _KIND_TITLES.get(results["kind"], "mixing rates (T5 Table 11)")
     ax.set_title(f"{results['experiment']}: {title}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -597,5 +622,87 @@ def write_results(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+# ----------------------------------------------------------------------------------- the weights over training
+SHARES_PLOT = "mixing_shares.png"
+
+
+def row_shares(plan: ExperimentPlan, stage_results: Mapping[str, Mapping[str, Any]],
+               experiment_dir: Path) -> dict[str, dict[str, Any]]:
+    """The weights over training of every row evaluated by one multi-task model (its first seed's): the stage list
+    and the per-block planned and drawn shares that its training run kept in `mixing.json` (what the run's own
+    `mixing_shares.png` plots). Rows fine-tuned per task, and stages not finished or without the file, are left
+    out. Static rates have one stage (flat lines), an adaptive method a stage per block, weights read from a file
+    (DoReMi, a search) one stage of those weights."""
+    from mixtures.errors import MixtureError  # lazily: the mixtures package loads torch
+    from mixtures.stages import read_run_file
+
+    out: dict[str, dict[str, Any]] = {}
+    for r in plan.rows:
+        names = set(r.eval_stage.values())
+        if len(names) != 1:
+            continue
+        stage = plan.stage(names.pop())
+        if stage.name not in stage_results or len(stage.tasks) < 2:
+            continue
+        try:
+            record = read_run_file(Path(experiment_dir) / stage.run_dir)
+        except (MixtureError, OSError, ValueError):
+            continue
+        if not record.get("blocks"):
+            continue
+        out[r.key] = {"label": r.label, "stage": stage.name, "adaptive": record.get("adaptive"),
+                      "every": record.get("every"), "task_names": list(record["task_names"]),
+                      "stages": list(record["stages"]), "blocks": list(record["blocks"])}
+    return out
+
+
+def plot_row_shares(shares: Mapping[str, Mapping[str, Any]], path: Path, title: str = "") -> Path | None:
+    """One panel per row (`row_shares`): each task's planned share per block (lines: the rate stages the sampler
+    drew by) and the share it drew (dots), over the training steps, the same colour for a task in every panel.
+    Returns the path, or None when no row has a record."""
+    if not shares:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(t for rec in shares.values() for t in rec["task_names"]))
+    colour = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+    cols = 2 if len(shares) > 1 else 1
+    nrows = -(-len(shares) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 2.6 * nrows + 0.8), sharey=True, squeeze=False)
+    top = max(max(b["planned"].get(t, 0.0) for b in rec["blocks"] for t in rec["task_names"])
+              for rec in shares.values())
+    for ax, (key, rec) in zip(axes.flat, shares.items()):
+        blocks = rec["blocks"]
+        x = [b["start_step"] for b in blocks] + [blocks[-1]["end_step"]]
+        mid = [(b["start_step"] + b["end_step"]) / 2 for b in blocks]
+        for t in rec["task_names"]:
+            planned = [b["planned"][t] for b in blocks]
+            ax.step(x, planned + planned[-1:], where="post", color=colour[t], linewidth=1.4)
+            ax.plot(mid, [b["drawn"][t] for b in blocks], "o", color=colour[t], markersize=2.5, alpha=0.6)
+        changes = sum(1 for s in rec["stages"] if s["start_step"] < blocks[-1]["end_step"]) - 1
+        note = f" ({rec['adaptive']}: {changes} stage changes)" if rec.get("adaptive") else ""
+        ax.set_title(f"{rec['label']}{note}", fontsize=8)
+        ax.set_ylim(0, min(1.0, top * 1.15 + 0.02))
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(shares):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of examples", fontsize=8)
+    handles = [plt.Line2D([], [], color=colour[t], label=t) for t in tasks]
+    handles += [plt.Line2D([], [], color="grey", label="planned (rate stages)"),
+                plt.Line2D([], [], color="grey", marker="o", linestyle="", markersize=3, label="drawn, per block")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=min(len(handles), 4), frameon=False)
+    fig.suptitle(title or "task shares over training, per row", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(handles) > 4), 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 __all__ = ["build_results", "compare_ordering", "render_markdown", "write_csv", "plot_results", "write_results",
-           "task_score", "TABLE_11", "TABLE_12"]
+           "row_shares", "plot_row_shares", "SHARES_PLOT", "TABLE_11", "TABLE_12"]

@@ -10,17 +10,28 @@ Reuse rules (so an experiment can be interrupted, extended or re-run at no extra
   including the stage it starts from). If the config changed since (other steps, model, mixture...), the runner
   stops with an error instead of mixing stale and new checkpoints.
 
+* A stage may read what earlier stages produced, resolved when it starts: a checkpoint into a run-config key
+  (`Stage.checkpoint_inputs`, e.g. DoReMi's `doremi.reference`) and mixing weights from a stage's `weights.json`
+  (`Stage.weights_from`, `resolve_stage`); the weights are part of its spec and fingerprint, as are the fingerprints
+  of the stages it reads, so other weights or another reference mean a mismatch, never a silent reuse.
+* A compute stage (`Stage.compute`: a search's sampling or regression) trains nothing: the runner runs its function
+  in this process once the stages in `Stage.after` have finished, and its `result.json` marks it finished.
+
 The experiment folder is `<output_dir>/<experiment_options.run_name or experiment name>/` with `stages/<stage>/`
-(one `fit` run each), `plan.json`, and `results.{md,csv,json,png}`.
+(one `fit` run each), `plan.json`, `results.{md,csv,json,png}`, `mixing_shares.png` (the weights over training of
+every row evaluated by one multi-task model, from its stage's `mixing.json`) and `orchestrator/` (the stage locks of
+the running orchestrator and the job ids of submitted stages: `lightning_t5.experiments.orchestration`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -31,9 +42,12 @@ from lightning_t5.errors import ConfigError
 from lightning_t5.eval.evaluation import write_json
 
 from .executors import StageWork, check_executor_options, check_max_parallel, run_stages
+from .orchestration import ORCHESTRATOR_DIR, JobRecords, stage_locks
 from lightning_t5.train.experiment_options import ExperimentOptions
-from .plan import ExperimentConfigError, ExperimentPlan, Stage, experiment_block, fingerprint, make_plan
-from .results import build_results, write_results
+from lightning_t5.train.mixing_weights import read_weights
+from .plan import (ComputeContext, ExperimentConfigError, ExperimentPlan, Stage, compute_function, experiment_block,
+                   fingerprint, make_plan, weights_source)
+from .results import SHARES_PLOT, build_results, plot_row_shares, row_shares, write_results
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +70,14 @@ def experiment_dir(cfg: DictConfig, plan: ExperimentPlan) -> Path:
 
 
 def read_finished(run_dir: Path, stage: Stage) -> dict[str, Any] | None:
-    """The stage's `metrics.json` if the run finished, else None (missing, unreadable, or incomplete)."""
+    """The stage's `metrics.json` if the run finished, else None (missing, unreadable, or incomplete); for a
+    compute stage its `result.json`."""
+    if stage.compute:
+        try:
+            done = json.loads((run_dir / COMPUTE_RESULT).read_text())
+        except (OSError, ValueError):
+            return None
+        return done if isinstance(done, dict) else None
     path = run_dir / "metrics.json"
     try:
         result = json.loads(path.read_text())
@@ -72,11 +93,19 @@ def read_finished(run_dir: Path, stage: Stage) -> dict[str, Any] | None:
     return result
 
 
-def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | None) -> DictConfig:
-    """The run configuration of one stage: a copy of the experiment's config with the stage's mixture, mixing,
-    steps, starting weights, folder and evaluation set, and `resume="auto"` so an interrupted stage continues."""
+def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | None,
+                 inputs: Mapping[str, Any] | None = None) -> DictConfig:
+    """The run configuration of one stage: a copy of the experiment's config with the stage's own overrides,
+    mixture, mixing, steps, starting weights, folder and evaluation set, `inputs` (run-config key -> value, e.g.
+    `doremi.reference` -> the reference stage's checkpoint) and `resume="auto"` so an interrupted stage continues."""
     c = copy.deepcopy(cfg)
+    if stage.overrides:
+        merged = OmegaConf.merge(c, dict(stage.overrides))
+        assert isinstance(merged, DictConfig)
+        c = merged
     with open_dict(c):
+        for key, value in (inputs or {}).items():
+            OmegaConf.update(c, key, value, force_add=True)
         c.experiment = None
         c.experiment_options = OmegaConf.structured(ExperimentOptions)
         c.mixture = stage.mixture
@@ -104,6 +133,26 @@ def stage_config(cfg: DictConfig, stage: Stage, run_dir: Path, init_from: str | 
     return c
 
 
+COMPUTE_RESULT = "result.json"
+
+
+def resolve_stage(stage: Stage, plan: ExperimentPlan, out: Path) -> Stage:
+    """`stage` with what it reads from earlier stages filled in: `weights_from` becomes `mixing.weights` (rate
+    explicit) from the producing stage's weights.json, so the fingerprint, `stage.json` and the run see the weights.
+    Call it once the producing stage has finished (ConfigError naming the file otherwise)."""
+    if not stage.weights_from:
+        return stage
+    source, key = weights_source(stage.weights_from)
+    weights = read_weights(out / plan.stage(source).run_dir, key)
+    mixing = {k: v for k, v in dict(stage.mixing).items() if k not in ("max_examples", "temperature")}
+    return dataclasses.replace(stage, mixing={**mixing, "rate": "explicit", "weights": weights})
+
+
+def _input_fingerprints(stage: Stage, fps: Mapping[str, str]) -> dict[str, str]:
+    """Fingerprints of the stages `stage` reads besides its starting point (reference, weights, compute inputs)."""
+    return {dep: fps[dep] for dep in stage.dependencies() if dep != stage.init_stage and dep in fps}
+
+
 def _context(cfg: DictConfig) -> dict[str, Any]:
     out = {}
     for key in _CONTEXT_KEYS:
@@ -113,7 +162,7 @@ def _context(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def _benchmarks(tasks: list[str]) -> dict[str, str | None]:
+def task_benchmarks(tasks: list[str]) -> dict[str, str | None]:
     """task -> benchmark ("glue", "super_glue" or None), from the task registry when it knows the task."""
     out: dict[str, str | None] = {}
     try:
@@ -216,8 +265,13 @@ def apply_overrides(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan) -> None:
-    """Each multi-task row's share of training examples per task (what the mixing rate actually did)."""
+def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan, resolved: Mapping[str, Stage] | None = None,
+                      results: Mapping[str, Mapping[str, Any]] | None = None,
+                      sequence_length: Mapping[str, int] | None = None) -> None:
+    """Each multi-task row's share of training examples per task: the planned shares its stage recorded in
+    `metrics.json` (`mixtures.shares.task_shares` at the run's own lengths, the numbers the run drew by); for a stage
+    without that record, the rates at the experiment's sequence lengths. `resolved`: stages whose weights were read
+    from a file, with those weights."""
     from mixtures import MixingConfig, MixtureRegistry
 
     plan_rows = {r.key: r for r in plan.rows}
@@ -227,14 +281,38 @@ def _add_mixing_rates(table: dict[str, Any], plan: ExperimentPlan) -> None:
         names = set(plan_rows[row["key"]].eval_stage.values())
         if len(names) != 1:
             continue
-        stage = plan.stage(names.pop())
+        name = names.pop()
+        stage = (resolved or {}).get(name) or plan.stage(name)
         if stage.role != "multitask":
+            continue
+        recorded = (((results or {}).get(stage.name) or {}).get("shares") or {}).get("planned", {}).get("examples")
+        if recorded:
+            row["mixing_rates"] = {k: float(v) for k, v in recorded.items()}
             continue
         try:
             mix = MixtureRegistry.get(stage.mixture)
-            row["mixing_rates"] = {k: float(v) for k, v in mix.rates(mixing=MixingConfig(**dict(stage.mixing))).items()}
+            mixing = MixingConfig.from_dict(dict(stage.mixing))
+            row["mixing_rates"] = {k: float(v) for k, v in mix.rates(mixing=mixing,
+                                                                     sequence_length=sequence_length).items()}
         except Exception as err:  # rates are informative only; never fail the results over them
             log.warning("could not compute the mixing rates of %s: %s", stage.name, err)
+
+
+def _run_compute(stage: Stage, plan: ExperimentPlan, cfg: DictConfig, results: Mapping[str, dict[str, Any]],
+                 out: Path, run_dir: Path, rank_zero: bool) -> dict[str, Any]:
+    """Run a compute stage here (it trains nothing: sampling a search's mixtures, fitting its regressor) and record
+    its result (`result.json`, written last: its presence marks the stage finished)."""
+    print(f"[experiment {plan.name}] stage {stage.name}: {stage.compute}", flush=True)
+    t0 = time.time()
+    ctx = ComputeContext(stage=stage, plan=plan, cfg=cfg, results=results, experiment_dir=out, run_dir=run_dir)
+    result = dict(compute_function(str(stage.compute))(ctx))
+    result.update({"run_dir": str(run_dir), "steps": 0, "tokens": 0, "wall_time_s": round(time.time() - t0, 3),
+                   "computed_at": [t0, time.time()]})
+    if rank_zero:
+        write_json(run_dir / COMPUTE_RESULT, result)
+    if result.get("summary"):
+        print(f"[experiment {plan.name}] stage {stage.name}: {result['summary']}", flush=True)
+    return result
 
 
 def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bool | None = None) -> dict[str, Any]:
@@ -271,26 +349,33 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
 
     context = _context(cfg)
     fps: dict[str, str] = {}
+    resolved: dict[str, Stage] = {}
     started = time.time()
     index = {stage.name: i for i, stage in enumerate(plan.stages, 1)}
+
+    def checkpoint_of(dep: str, stage: Stage, results: Mapping[str, dict[str, Any]]) -> str:
+        path = results[dep].get("checkpoint")
+        if not path:
+            raise ExperimentConfigError(f"stage {dep!r} returned no checkpoint for {stage.name!r} to read (fit must "
+                                        "return a 'checkpoint' path)")
+        return str(path)
 
     def prepare(stage: Stage, results: Mapping[str, dict[str, Any]]) -> StageWork:
         i = index[stage.name]
         run_dir = out / stage.run_dir
-        fp = fingerprint(stage, fps.get(stage.init_stage) if stage.init_stage else None, context)
+        stage = resolved.setdefault(stage.name, resolve_stage(stage, plan, out))
+        fp = fingerprint(stage, fps.get(stage.init_stage) if stage.init_stage else None, context,
+                         _input_fingerprints(stage, fps))
         fps[stage.name] = fp
-        if stage.init_stage is not None:
-            init_from = results[stage.init_stage].get("checkpoint")
-            if not init_from:
-                raise ExperimentConfigError(f"stage {stage.init_stage!r} returned no checkpoint for {stage.name!r} "
-                                            "to start from (fit must return a 'checkpoint' path)")
-        else:
-            init_from = stage.init_checkpoint
+        init_from = checkpoint_of(stage.init_stage, stage, results) if stage.init_stage else stage.init_checkpoint
+        inputs = {key: checkpoint_of(dep, stage, results) for key, dep in stage.checkpoint_inputs.items()}
         _check_or_write_spec(run_dir, stage, fp, init_from)
         done = read_finished(run_dir, stage)
         if done is not None:
             log.info("[%d/%d] stage %s: finished earlier, reusing %s", i, len(plan.stages), stage.name, run_dir)
             return StageWork(done=done)
+        if stage.compute:
+            return StageWork(done=_run_compute(stage, plan, cfg, results, out, run_dir, rank_zero))
         log.info("[%d/%d] stage %s: %s, %d steps, from %s", i, len(plan.stages), stage.name, stage.mixture,
                  stage.steps, init_from or "scratch")
         print(f"[experiment {plan.name}] stage {i}/{len(plan.stages)}: {stage.name} ({stage.steps} steps on "
@@ -310,33 +395,62 @@ def run_experiment(cfg: DictConfig, fit_fn: FitFn | None = None, *, register: bo
                 write_json(metrics_path, result)
             return result
 
-        return StageWork(cfg=stage_config(cfg, stage, run_dir, init_from), finish=finish)
+        return StageWork(cfg=stage_config(cfg, stage, run_dir, init_from, inputs), finish=finish)
 
     executor, cluster = check_executor_options(experiment_block(cfg))
-    results, stage_times = run_stages(plan.stages, prepare, fit_fn, executor=executor, cluster=cluster,
-                                      folder=out / "submitit", setup=(lambda: register_mixtures(plan)) if register
-                                      else None, max_parallel=check_max_parallel(experiment_block(cfg)))
+    # this invocation's stages are its own while it runs (a second live orchestrator on them stops), and submitted
+    # jobs are recorded for a rerun to attach to (lightning_t5.experiments.orchestration)
+    owned = stage_locks(out / ORCHESTRATOR_DIR, [s.name for s in plan.stages]) if rank_zero else nullcontext()
+    with owned:
+        results, stage_times = run_stages(
+            plan.stages, prepare, fit_fn, executor=executor, cluster=cluster, folder=out / "submitit",
+            setup=(lambda: register_mixtures(plan)) if register else None,
+            max_parallel=check_max_parallel(experiment_block(cfg)),
+            records=JobRecords(out / ORCHESTRATOR_DIR) if rank_zero else None)
 
     # Rows not selected in this invocation (experiment_options.rows) still appear with whatever earlier runs of
     # the same experiment folder finished, so the last job of a split sweep writes the whole table.
     full = make_plan(cfg, select_rows=False)
     for stage in full.stages:
         if stage.name not in results:
-            fp = fingerprint(stage, fps.get(stage.init_stage) if stage.init_stage else None, context)
+            if any(dep not in results for dep in stage.dependencies()):
+                continue  # what it reads is not there: it cannot have finished with these settings
+            try:
+                stage = resolved.setdefault(stage.name, resolve_stage(stage, full, out))
+            except ConfigError:
+                continue  # its weights file was never written
+            fp = fingerprint(stage, fps.get(stage.init_stage) if stage.init_stage else None, context,
+                             _input_fingerprints(stage, fps))
             fps[stage.name] = fp
             run_dir = out / stage.run_dir
             if _spec_fingerprint(run_dir) == fp:
                 done = read_finished(run_dir, stage)
                 if done is not None:
                     results[stage.name] = done
-    table = build_results(full, results, benchmarks=_benchmarks(list(plan.tasks)),
+    table = build_results(full, results, benchmarks=task_benchmarks(list(plan.tasks)),
                           include_paper=bool(experiment_block(cfg).get("paper", True)),
                           metric_fns=_metric_fns(list(plan.tasks)))
     if register:
-        _add_mixing_rates(table, full)
+        seq = OmegaConf.select(cfg, "data.sequence_length")
+        _add_mixing_rates(table, full, resolved, results,
+                          {k: int(v) for k, v in seq.items()} if seq is not None else None)
+    table["compute_stages"] = {s.name: results[s.name].get("summary") for s in full.stages
+                               if s.compute and s.name in results}  # e.g. the search's regressor and its choice
+    table["stage_weights"] = {name: dict(st.mixing.get("weights") or {}) for name, st in resolved.items()
+                              if st.weights_from}  # weights read from an earlier stage's weights.json
     table["wall_time_s_this_invocation"] = round(time.time() - started, 3)
+    for name, times in stage_times.items():  # a compute stage run now was done by `prepare`, not reused
+        at = (results.get(name) or {}).get("computed_at")
+        if at and times.get("reused") and at[0] >= started:
+            stage_times[name] = {"start": at[0], "end": at[1], "reused": False}
     table["stage_times"] = stage_times  # start/end (unix s) of the stages run now; reused ones are marked
+    shares = row_shares(full, results, out)  # each multi-task row's weights over training, from its mixing.json
+    table["weights_over_training"] = {k: {key: v[key] for key in ("label", "stage", "adaptive", "stages")}
+                                      for k, v in shares.items()}
     if rank_zero:
         table["files"] = {k: str(v) for k, v in write_results(table, out).items()}
+        plotted = plot_row_shares(shares, out / SHARES_PLOT, f"{plan.name}: task shares over training, per row")
+        if plotted is not None:
+            table["files"]["shares_png"] = str(plotted)
         print(f"[experiment {plan.name}] results in {out}/results.md", flush=True)
     return table

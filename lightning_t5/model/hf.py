@@ -8,6 +8,15 @@ Output-projection rules (transformers v5 changed them): scale = `scale_decoder_o
 `tie_word_embeddings` (default True); `lm_head` is tied to `shared` when the checkpoint has no `lm_head.weight`.
 On save, an unscaled model (T5.1.1) always writes `lm_head.weight` and `tie_word_embeddings: false`, which every
 transformers version reads as "untied, unscaled"; the original T5 writes no `lm_head` and `tie_word_embeddings: true`.
+
+Loading an untied export (the `tiny` and `t5_1_1_*` presets) in transformers 5.23 logs "The tied weights mapping and
+config for this model specifies to tie shared.weight to lm_head.weight, but both are present in the checkpoints with
+different values, so we will NOT tie them". No config key silences it there: `T5Config.__post_init__` pops
+`tie_word_embeddings` (it only sets `scale_decoder_outputs`) and then sets `tie_word_embeddings = True` for every T5,
+so `from_pretrained` always tries to tie `lm_head` to `shared` and warns when the checkpoint's values differ. The
+warning is harmless: transformers keeps the loaded `lm_head` untied (tests/test_hf_parity.py checks the logits). Its
+advice (`tie_word_embeddings=False`) is wrong for T5 in 5.23: passed to `from_pretrained`, it unties the input
+embeddings too, and they are then newly initialised.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -166,8 +175,28 @@ def save_hf(model: T5, path: str | os.PathLike) -> None:
         state["lm_head.weight"] = state["shared.weight"].clone()
     hf_config = config_to_hf(cfg, write_lm_head)
     hf_config["dtype"] = str(state["shared.weight"].dtype).replace("torch.", "")
-    (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-    save_file(state, str(directory / SAFE_WEIGHTS), metadata={"format": "pt"})
+    # weights first, config.json last (what makes the directory a model), each durably
+    _write_durably(directory / SAFE_WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
+    _write_durably(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
+
+
+def _write_durably(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write(tmp)` to a temp file beside `path`, fsync, rename over `path`, fsync the directory: a killed export
+    leaves the previous file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def seqio_features(batch: dict[str, torch.Tensor], start_token: int = 0) -> dict[str, torch.Tensor]:

@@ -216,10 +216,15 @@ class T5(nn.Module):
         super().__init__()
         self.config = cfg
         self.backend = resolve_backend(cfg.fused)
-        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.encoder = T5Stack(cfg, self.backend, is_decoder=False)
-        self.decoder = T5Stack(cfg, self.backend, is_decoder=True)
-        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.d_model, cfg.vocab_size)
+        # One draw from the caller's RNG seeds the whole init (`reset_parameters`), and the submodules' default
+        # inits, which it overwrites, draw from a fork: weights and the caller's RNG are the same whether the model
+        # is built here or on the meta device and initialised later on its shards (lightning_t5.dist.sharding).
+        self.init_seed = int(torch.randint(2**62, (), device="cpu"))
+        with torch.random.fork_rng(devices=[]):
+            self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.encoder = T5Stack(cfg, self.backend, is_decoder=False)
+            self.decoder = T5Stack(cfg, self.backend, is_decoder=True)
+            self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.d_model, cfg.vocab_size)
         self.reset_parameters()
         self.compile_mode: str | None = None  # "model" | "block" once compiled (see enable_compile)
         self._compile_request: str | None = None
@@ -230,8 +235,10 @@ class T5(nn.Module):
 
     # -- construction -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """T5's own initialisation (mesh-tensorflow / t5x variance scaling), times `initializer_factor`.
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """T5's own initialisation (mesh-tensorflow / t5x variance scaling), times `initializer_factor`, drawn from
+        `generator` (default: a CPU generator seeded with `init_seed`, i.e. the weights the model was built with),
+        parameter by parameter in a fixed order.
 
         Every matrix is drawn with std fan_in^-1/2 so that each layer keeps unit-scale activations: q
         (d_model * d_kv)^-1/2 (T5 does not scale attention logits, so q absorbs the 1/sqrt(d_kv)), k and v
@@ -244,23 +251,25 @@ class T5(nn.Module):
         Loading weights (HF or checkpoints) overwrites all of this, so parity does not depend on it.
         """
         cfg, f = self.config, self.config.initializer_factor
-        nn.init.normal_(self.shared.weight, std=f * 1.0)
+        g = generator if generator is not None else torch.Generator().manual_seed(self.init_seed)
+        nn.init.normal_(self.shared.weight, std=f * 1.0, generator=g)
         if self.lm_head is not None:
             # An untied head behind the d_model^-1/2 output scaling (a v5 config quirk) is already unit-scale at 1.
-            nn.init.normal_(self.lm_head.weight, std=f * (1.0 if cfg.scale_outputs else cfg.d_model ** -0.5))
+            nn.init.normal_(self.lm_head.weight, std=f * (1.0 if cfg.scale_outputs else cfg.d_model ** -0.5),
+                            generator=g)
         for module in self.modules():
             if isinstance(module, T5Attention):
-                nn.init.normal_(module.q.weight, std=f * (cfg.d_model * cfg.d_kv) ** -0.5)
-                nn.init.normal_(module.k.weight, std=f * cfg.d_model ** -0.5)
-                nn.init.normal_(module.v.weight, std=f * cfg.d_model ** -0.5)
-                nn.init.normal_(module.o.weight, std=f * cfg.inner_dim ** -0.5)
+                nn.init.normal_(module.q.weight, std=f * (cfg.d_model * cfg.d_kv) ** -0.5, generator=g)
+                nn.init.normal_(module.k.weight, std=f * cfg.d_model ** -0.5, generator=g)
+                nn.init.normal_(module.v.weight, std=f * cfg.d_model ** -0.5, generator=g)
+                nn.init.normal_(module.o.weight, std=f * cfg.inner_dim ** -0.5, generator=g)
                 if hasattr(module, "relative_attention_bias"):
-                    nn.init.normal_(module.relative_attention_bias.weight, std=f * cfg.d_model ** -0.5)
+                    nn.init.normal_(module.relative_attention_bias.weight, std=f * cfg.d_model ** -0.5, generator=g)
             elif isinstance(module, (T5DenseActDense, T5DenseGatedActDense)):
                 for name in ("wi", "wi_0", "wi_1"):
                     if hasattr(module, name):
-                        nn.init.normal_(getattr(module, name).weight, std=f * cfg.d_model ** -0.5)
-                nn.init.normal_(module.wo.weight, std=f * cfg.d_ff ** -0.5)
+                        nn.init.normal_(getattr(module, name).weight, std=f * cfg.d_model ** -0.5, generator=g)
+                nn.init.normal_(module.wo.weight, std=f * cfg.d_ff ** -0.5, generator=g)
             elif hasattr(module, "weight") and module.weight is not None and module.weight.dim() == 1:
                 nn.init.ones_(module.weight)  # RMSNorm weights (any backend)
 

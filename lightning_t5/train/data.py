@@ -13,6 +13,7 @@ Resume pitfalls this module is shaped around (REFERENCE.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_t5.eval.evaluation import TaskEvaluator, collate_eval
+from lightning_t5.train.cache_wait import BuildStatus, wait_for_caches
 
 __all__ = ["MixtureDataModule", "SizedStream"]
 
@@ -101,6 +103,8 @@ class MixtureDataModule(pl.LightningDataModule):
         self.train_dataset: Any = None
         self.evaluators: list[TaskEvaluator] = []
         self._eval_built = False
+        self._mixing: dict[int, Any] = {}  # world size -> resolved MixingConfig (UniMax's budget filled in)
+        self.share_report: dict[str, Any] | None = None  # mixtures.shares.task_shares of this run (start-up)
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -127,13 +131,27 @@ class MixtureDataModule(pl.LightningDataModule):
             return [TaskRegistry.get(n) for n in names]
         return [t for t in self.mixture.tasks if getattr(t, "supervised", True)]
 
-    def make_train_dataset(self, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> Any:
-        from mixtures import MixingConfig, MixtureDataset
+    def resolved_mixing(self, world_size: int) -> Any:
+        """`mixing.*` with what depends on the run filled in (UniMax's budget from the run's steps, computed once)."""
+        from mixtures import MixingConfig
+        from mixtures.shares import resolve_mixing
 
-        mixing = {k: v for k, v in self.mixing_cfg.items() if v is not None or k in ("max_examples", "max_passes")}
+        if world_size not in self._mixing:
+            mixing = MixingConfig.from_dict({k: v for k, v in self.mixing_cfg.items()
+                                             if v is not None or k in ("max_examples", "max_passes")})
+            self._mixing[world_size] = resolve_mixing(
+                self.mixture, mixing, sequence_length=self.sequence_length, steps=self.total_batches,
+                batch_size=int(self.data_cfg["batch_size"]), world_size=world_size,
+                pack=bool(self.data_cfg.get("pack", True)),
+                granularity=str(self.data_cfg.get("granularity", "example")), seed=self.seed)
+        return self._mixing[world_size]
+
+    def make_train_dataset(self, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> Any:
+        from mixtures import MixtureDataset
+
         return MixtureDataset(
             self.mixture, split="train", sequence_length=self.sequence_length,
-            batch_size=int(self.data_cfg["batch_size"]), mixing=MixingConfig(**mixing),
+            batch_size=int(self.data_cfg["batch_size"]), mixing=self.resolved_mixing(world_size),
             pack=bool(self.data_cfg.get("pack", True)), granularity=str(self.data_cfg.get("granularity", "example")),
             seed=self.seed, rank=rank, world_size=world_size, num_workers=num_workers,
         )
@@ -144,10 +162,13 @@ class MixtureDataModule(pl.LightningDataModule):
         A streaming task (C4 from the hub, streamed files) must have been cached offline: without its cache this
         raises with the exact ``python -m tasks cache ...`` command. Local random-access tasks are cached on first
         use by local rank 0 only; the other ranks wait for the caches' COMPLETE markers (a file barrier: this runs
-        before the process group exists). Then ``mixing.max_passes`` is checked and the planned passes over each
-        task's data are printed (rank 0). Returns the planned passes per task.
+        before the process group exists), and stop within minutes, with the reason, if rank 0 fails or dies while
+        building (`lightning_t5.train.cache_wait`). Then each task's size and shares (``mixtures.shares.task_shares``,
+        the computation `python -m mixtures show` prints) are printed (rank 0) and kept in ``share_report``, and
+        ``mixing.max_passes`` is checked against the planned passes. Returns the planned passes per task.
         """
         from mixtures import MixtureError
+        from mixtures.shares import format_shares, task_shares
         from tasks.cache import cache_command, open_cache
 
         seq, split = self.sequence_length, "train"
@@ -159,28 +180,53 @@ class MixtureDataModule(pl.LightningDataModule):
             raise MixtureError(f"mixture {self.mixture.name!r}: task(s) {[t.name for t in missing]} stream their data "
                                f"and have no token cache yet; build it first (then rerun):\n{cmds}")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        status = BuildStatus([(t.name, split, seq) for t in tasks])  # rank 0's heartbeat / failure (cache_wait)
         if local_rank == 0:
-            for t in tasks:
-                if open_cache(t, split, seq) is None:
+            building = [t for t in tasks if open_cache(t, split, seq) is None]
+            with status.building() if building else contextlib.nullcontext():
+                for t in building:
                     start = time.time()
                     cache = t.token_cache(split, seq)
                     print(f"[local rank 0] built token cache {t.name}/{split}: {len(cache):,} rows in "
                           f"{time.time() - start:.1f} s ({cache.path})", file=sys.stderr, flush=True)
         else:
-            deadline = time.time() + float(os.environ.get("LIGHTNING_T5_CACHE_WAIT_S", "86400"))
-            while any(open_cache(t, split, seq) is None for t in tasks):
-                if time.time() > deadline:
-                    raise MixtureError(f"local rank {local_rank}: timed out waiting for local rank 0 to build the "
-                                       "token caches (LIGHTNING_T5_CACHE_WAIT_S).")
-                time.sleep(0.5)
+            wait_for_caches(lambda: all(open_cache(t, split, seq) is not None for t in tasks), status, local_rank)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         probe = self.make_train_dataset(0, world)
-        max_passes = self.mixing_cfg.get("max_passes", 100.0)
-        passes = probe.check_passes(self.total_batches, None if max_passes is None else float(max_passes))
+        self.share_report = task_shares(
+            self.mixture, probe.mixing, sequence_length=seq, batch_size=int(self.data_cfg["batch_size"]),
+            steps=self.total_batches, world_size=world, pack=probe.pack, granularity=probe.granularity,
+            seed=self.seed, dataset=probe)
         if int(os.environ.get("RANK", "0")) == 0:
-            print("planned passes over each task's data: " + ", ".join(
-                f"{n} {p['passes']:.3g} ({p['size']:,} examples)" for n, p in passes.items()), flush=True)
-        return passes
+            print(f"mixture {self.mixture.name}: each task's size, planned shares and planned passes over its data "
+                  "in this run\n"
+                  + format_shares(self.share_report), flush=True)
+        max_passes = self.mixing_cfg.get("max_passes", 100.0)
+        planned = {n: {"size": t["size"], "examples": t["examples"], "passes": t["passes"]}
+                   for n, t in self.share_report["tasks"].items()}
+        return probe.check_passes(self.total_batches, None if max_passes is None else float(max_passes), planned)
+
+    def shares_record(self) -> dict[str, Any]:
+        """Planned and drawn shares per task, by examples and tokens (``mixtures.shares.shares_record``): the
+        sampler's counters of every rank, summed (collective under torch.distributed: every rank calls it)."""
+        from mixtures.shares import shares_record, task_shares
+
+        if self.share_report is None or self.train_dataset is None:
+            return {}
+        ds, world = self.train_dataset, _world_size()
+        if self.share_report["world_size"] != world:  # a launcher that sets WORLD_SIZE only after the start-up
+            self.share_report = task_shares(
+                self.mixture, ds.mixing, sequence_length=self.sequence_length, batch_size=ds.batch_size,
+                steps=self.total_batches, world_size=world, pack=ds.pack, granularity=ds.granularity, seed=self.seed,
+                dataset=ds)
+        local = ds.drawn()
+        parts = [local]
+        if _world_size() > 1:
+            parts = [None] * _world_size()
+            torch.distributed.all_gather_object(parts, local)
+        total = {n: {"examples": sum(p[n]["examples"] for p in parts), "tokens": sum(p[n]["tokens"] for p in parts)}
+                 for n in local}
+        return shares_record(self.share_report, total)
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_world()

@@ -20,7 +20,7 @@ class ExperimentOptions:
     """Keys of `experiment_options` (see docs/experiments.md "Experiment settings" for each one's meaning)."""
 
     name: Optional[str] = None  # experiment name (default: the `experiment` key); also the default run folder
-    kind: Optional[str] = None  # strategies | mixing_sweep
+    kind: Optional[str] = None  # strategies | mixing_sweep | doremi | mixing_search | mixing_methods
     description: str = ""  # free text shown above the results table
     strategies: Optional[List[str]] = None  # strategy ids (strategies kind; null: all)
     tasks: Optional[List[str]] = None  # target (supervised) tasks to evaluate
@@ -43,4 +43,7 @@ class ExperimentOptions:
     overrides: Dict[str, Any] = field(default_factory=dict)  # run-config overrides applied under every stage
     executor: str = "local"  # where stages run: local | submitit (SLURM) | submitit_local
     cluster: Dict[str, Any] = field(default_factory=dict)  # submitit resources: partition, gpus_per_node, nodes, ...
-    max_parallel_stages: Optional[int] = None  # submitit executors: cap on stages running at once (null: no cap)
+    max_parallel_stages: Optional[int] = None  # submitit executors: cap on stages at once (null: what the machine runs)
+    doremi: Optional[Dict[str, Any]] = None  # kind doremi: reference_steps, proxy_steps, eta, eps, proxy_model
+    search: Optional[Dict[str, Any]] = None  # kind mixing_search: proxies, proxy_steps, max_epochs, regressor, ...
+    methods: Optional[Dict[str, Any]] = None  # kind mixing_methods: temperature, unimax_max_epochs, adaptive_every, odm

@@ -1,11 +1,12 @@
 """`fit(cfg)`: one training run from a composed run config (docs/CONTRACTS.md "Run configuration").
 
 Order of work, chosen so every configuration mistake surfaces before anything slow happens: validate the config
-(schema + choices) -> import user modules -> resolve the mixture (suggestions on a typo) -> check the kernel backend
-(model.fused=apex without Apex), the vocabulary size, `mixing.*` and `eval.tasks` -> resolve resume/init checkpoints
-and check compatibility -> only then build data, model and Trainer and create the run directory. `fit` is that list
-of steps, one function each. The run directory receives the resolved `config.yaml`, checkpoints, TensorBoard/CSV
-logs, `train_log.jsonl`, `metrics.json` and `results.md`.
+(schema + choices; on resume, the overrides a resume accepts) -> import user modules -> resolve the mixture
+(suggestions on a typo) -> check the kernel backend (model.fused=apex without Apex), the vocabulary size, `mixing.*`
+and `eval.tasks` -> resolve resume/init checkpoints and check compatibility -> build the data and check that a
+resumed data stream can continue -> only then build model and Trainer and create the run directory (its first
+write). `fit` is that list of steps, one function each. The run directory receives the resolved `config.yaml`,
+checkpoints, TensorBoard/CSV logs, `train_log.jsonl`, `metrics.json` and `results.md`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_t5.dist.checkpoint import load_weights
 from lightning_t5.dist.sharding import check_config as check_sharding_config
 from lightning_t5.dist.sharding import full_state_dict, sharding_options
-from lightning_t5.errors import RunInterrupted
+from lightning_t5.errors import CheckpointError
 from lightning_t5.eval.evaluation import eval_details, render_run_results, write_json, write_predictions
 from lightning_t5.eval.truncation import report_for_run
 from lightning_t5.model.t5 import T5
-from lightning_t5.train.setup import RunSetup, plain, resolve_run_config
+from lightning_t5.train.setup import RunSetup, plain, resolve_run_config, write_text_durably
+from mixtures import MixtureError
+from mixtures.shares import render_shares_markdown
 
 if TYPE_CHECKING:
     from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog
@@ -54,8 +57,11 @@ def _quiet_known_warnings() -> None:
 
     import datasets
 
+    # "Length of IterableDataset ... was reported to be N ... but M samples have been fetched": torchdata restores
+    # its count of len() calls from the checkpoint, so a resume with a larger trainer.max_steps reports the old length
     for pattern in (".*set_vital.*", ".*LeafSpec.*", ".*IterableDataset. has .__len__. defined.*",
-                    ".*Checkpoint directory .* exists and is not empty.*", ".*litlogger.*"):
+                    ".*Checkpoint directory .* exists and is not empty.*", ".*litlogger.*",
+                    ".*Length of IterableDataset .* was reported to be.*"):
         warnings.filterwarnings("ignore", message=pattern)
     rank_zero_logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropAdverts) for f in rank_zero_logger.filters):
@@ -82,20 +88,22 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     cfg = resolve_run_config(cfg, overrides)
     check_sharding_config(cfg)
     setup = RunSetup(cfg)  # every data-free check: a mistake stops here, before any directory or data work
-    from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog  # imports Lightning: after the checks
+    from lightning_t5.train.callbacks import InterruptCheckpoint, MixingMonitor, TrainLog  # Lightning: after checks
     from lightning_t5.dist.rank_agreement import RankAgreement
 
     datamodule = _build_datamodule(cfg, setup)
     # token caches (streaming corpora must be cached offline, else an error gives the command) and the repetition
     # guard, before the model is built or anything slow starts
     datamodule.prepare_training_data()
+    _check_resume_data(cfg, setup, datamodule)  # a refused resume stops here: nothing in the run directory changed
     truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
     _seed_and_precision(cfg)
     module = _build_module(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
     interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
     agreement = RankAgreement(int(cfg.seed), setup.vocab_fingerprint)  # ranks agree on seed, rates, data, batch
-    trainer = _build_trainer(cfg, [train_log, interrupt, agreement, *callbacks], train_log,
+    mixing = MixingMonitor(Path(cfg.run_dir), every=int(cfg.mixing.adaptive_every))  # before any checkpoint is written
+    trainer = _build_trainer(cfg, [mixing, train_log, interrupt, agreement, *callbacks], train_log,
                              evaluates=bool(setup.eval_tasks))
     created = _create_run_dir(trainer, cfg)
     try:
@@ -106,10 +114,28 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
         raise
     after = _evaluate(trainer, module, datamodule)
     result = _result(cfg, trainer, train_log, before, after, start, truncation)
+    result["shares"] = datamodule.shares_record()  # planned and drawn, per task (collective: every rank)
     export_state = full_state_dict(module.model) if cfg.export_hf else None  # collective under FSDP: every rank
     if trainer.is_global_zero:
-        _write_outputs(cfg, module, result, before, after, setup.model_config, export_state)
+        _write_outputs(cfg, module, result, before, after, setup.model_config, export_state, setup.vocabulary)
     return result
+
+
+def _check_resume_data(cfg: DictConfig, setup: RunSetup, datamodule: Any) -> None:
+    """Before anything is written into the run directory: the checkpoint's data stream continues with this config's
+    data. The sampler's own resume check (same tasks, same data, same rates; `MixtureDataset.load_state_dict`) runs
+    on a probe of the first process's stream, so a refusal is a CheckpointError here instead of an error inside
+    Lightning's checkpoint restore (where its teardown buries it under "Please call `iter(combined_loader)` first")."""
+    if setup.resume_stream is None:
+        return
+    probe = datamodule.make_train_dataset(0, len(setup.resume_stream))
+    try:
+        probe.load_state_dict(setup.resume_stream[0])
+    except MixtureError as err:
+        before, after = setup.saved_max_steps, int(cfg.trainer.max_steps)
+        budget = (f" The mixing depends on the step budget, and trainer.max_steps changed from {before} to {after}: "
+                  f"resume with trainer.max_steps={before}, or start a new run." if before not in (None, after) else "")
+        raise CheckpointError(f"resume={cfg.resume}: {err}{budget}") from None
 
 
 def _seed_and_precision(cfg: DictConfig) -> None:
@@ -126,13 +152,18 @@ def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
     from lightning_t5.train.module import T5LightningModule
 
     tcfg = cfg.trainer
-    module = T5LightningModule(
+    cls, extra = T5LightningModule, {}
+    if cfg.doremi.reference:  # a DoReMi proxy: Group DRO against the reference (lightning_t5/train/doremi.py)
+        from lightning_t5.train.doremi import DoReMiLightningModule as cls  # noqa: N813
+
+        extra = {"doremi": {**plain(cfg.doremi), "weights_dir": str(cfg.run_dir)}}
+    module = cls(
         model_config=setup.model_config, optim=plain(cfg.optim), task_names=setup.task_names,
         total_steps=int(cfg.optim.total_steps or tcfg.max_steps), vocab_fingerprint=setup.vocab_fingerprint,
         log_every_n_steps=int(tcfg.log_every_n_steps),
         eval_options={"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": int(cfg.eval.num_beams),
                       "max_target_length": int(cfg.data.sequence_length.targets)},
-        sharding=sharding_options(cfg),
+        sharding=sharding_options(cfg), **extra,
     )
     if cfg.init_from and setup.checkpoint is None:
         load_weights(module.model, cfg.init_from, setup.model_config, setup.vocab_fingerprint)
@@ -191,12 +222,15 @@ def _build_trainer(cfg: DictConfig, callbacks: list[Any], train_log: TrainLog, e
 
 
 def _create_run_dir(trainer: Any, cfg: DictConfig) -> bool:
-    """Write `config.yaml` into the run directory and say where the run lives; True when the directory is new."""
+    """Write `config.yaml` into the run directory and say where the run lives; True when the directory is new.
+
+    The first write into the run directory: every check of a resume has passed by now. Written durably (a resume
+    reads it back, so a crash mid-write must not leave half a file)."""
     run_dir = Path(cfg.run_dir)
     created = not run_dir.exists()
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_durably(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         print(f"run directory: {run_dir}", flush=True)
     return created
 
@@ -223,13 +257,18 @@ def _evaluate_before_training(trainer: Any, module: Any, datamodule: Any, cfg: D
 
 
 def _train(trainer: Any, module: Any, datamodule: Any, setup: RunSetup, interrupt: InterruptCheckpoint) -> None:
-    """`trainer.fit`, from the resume checkpoint when there is one; Ctrl-C ends it with a resumable checkpoint."""
+    """`trainer.fit`, from the resume checkpoint when there is one; Ctrl-C ends it with `RunInterrupted` (a resumable
+    checkpoint, or after a second Ctrl-C the run's last one), whatever Lightning raised while stopping."""
     start = f"resuming from {setup.checkpoint}" if setup.checkpoint else "training"
     _phase(trainer, f"{start} (Ctrl-C saves a resumable checkpoint) ...")
     with interrupt.catching_sigint():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
-    if interrupt.saved is not None:
-        raise RunInterrupted(interrupt.saved, int(trainer.global_step), Path(interrupt.dirpath).parent)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(setup.checkpoint) if setup.checkpoint else None)
+        except BaseException as err:
+            stop = interrupt.stopped(err, int(trainer.global_step))
+            if stop is None:
+                raise
+            raise stop from None
     if trainer.state.status.value != "finished":
         log.warning("training did not finish (%s); the last checkpoint is in %s", trainer.state.status,
                     interrupt.dirpath)
@@ -264,16 +303,19 @@ def _result(cfg: DictConfig, trainer: Any, train_log: TrainLog, before: dict[str
 
 def _write_outputs(cfg: DictConfig, module: Any, result: dict[str, Any], before: dict[str, Any] | None,
                    after: dict[str, Any] | None, model_config: Mapping[str, Any],
-                   export_state: dict[str, Any] | None) -> None:
+                   export_state: dict[str, Any] | None, vocabulary: Any) -> None:
     """predictions/<task>.jsonl, metrics.json, results.md, the results on the console and the optional Hugging Face
-    export (`export_state`: the full weights gathered by every rank, rebuilt on the CPU-safe backend)."""
+    export (`export_state`: the full weights gathered by every rank, rebuilt on the CPU-safe backend; `vocabulary`:
+    the run's, written as the export's tokenizer)."""
     run_dir = Path(cfg.run_dir)
     write_predictions(run_dir, after)
     write_json(run_dir / "metrics.json", result)
     text = render_run_results(cfg, result, with_before=before is not None)
+    text += "\n" + render_shares_markdown(result.get("shares") or {})
     (run_dir / "results.md").write_text(text)
     print("\n" + text + "\n")
     print(f"run directory: {run_dir}")
     if cfg.export_hf:
+        vocabulary.save_hf_tokenizer(cfg.export_hf)
         T5.from_state_dict(model_config, export_state).save_hf(cfg.export_hf)
-        print(f"exported Hugging Face model to {cfg.export_hf}")
+        print(f"exported Hugging Face model and tokenizer to {cfg.export_hf}")

@@ -79,6 +79,10 @@ class T5LightningModule(pl.LightningModule):
         self._val_predictions: dict[str, list[tuple[int, Any, Any]]] = {}
         self.last_eval: dict[str, Any] | None = None
         self.last_train_loss: torch.Tensor | None = None
+        #: set by `callbacks.MixingMonitor` under an adaptive mixing method: compute every step's per-task loss sums
+        #: and target-token counts, summed over all ranks, into `last_task_losses` (the method's input)
+        self.collect_task_losses = False
+        self.last_task_losses: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -123,17 +127,29 @@ class T5LightningModule(pl.LightningModule):
         step = self.trainer.global_step if self._trainer is not None else 0
         every = int(self.hparams.get("log_every_n_steps", 10))
         ids = batch.get("decoder_task_ids")
-        if ids is None or step % every != 0 or not self.task_names:
+        log_now = step % every == 0
+        if ids is None or not (log_now or self.collect_task_losses) or not self.task_names:
             return
-        ids = ids.long()
-        valid = ids >= 0
-        n_tasks = len(self.task_names)
-        sums = torch.zeros(n_tasks, device=losses.device).index_add_(0, ids[valid], losses[valid].float())
-        counts = torch.bincount(ids[valid], minlength=n_tasks).to(sums.dtype)
-        sums, counts = self._reduce_sum(sums), self._reduce_sum(counts)
+        sums, counts = self.task_loss_sums(losses, ids)
+        if self.collect_task_losses:
+            self.last_task_losses = (sums, counts)
+        if not log_now:
+            return
         for i in torch.nonzero(counts).flatten().tolist():
             self.log(f"train_loss/{self.task_names[i]}", sums[i] / counts[i], on_step=True, on_epoch=False,
                      batch_size=1, rank_zero_only=True)
+
+    def task_loss_sums(self, losses: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per task: the sum of the per-token loss over its target tokens and their count, summed over every rank
+        (fp32; the same numbers on every rank, so an adaptive method proposes the same stage everywhere)."""
+        ids = ids.long()
+        valid = ids >= 0
+        n_tasks = len(self.task_names)
+        both = torch.zeros(2, n_tasks, device=losses.device)
+        both[0].index_add_(0, ids[valid], losses[valid].float())
+        both[1] = torch.bincount(ids[valid], minlength=n_tasks).to(both.dtype)
+        both = self._reduce_sum(both)  # one collective for both
+        return both[0], both[1]
 
     # ------------------------------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from mixtures.sampler import GRANULARITIES
 __all__ = [
     "RunConfig",
     "CHOICES",
+    "add_mapping_keys",
     "check_overrides",
     "register_schema",
     "to_run_config",
@@ -65,6 +67,11 @@ def _annotation_to_type(annotation: Any) -> Any:
     if name in _PRIMITIVES:
         base = _PRIMITIVES[name]
     elif name.startswith(("dict", "Dict", "Mapping")):
+        if optional:  # e.g. mixing.weights
+            # Any, not Optional[Dict]: OmegaConf 2.3 cannot merge a command-line override into a None-valued typed
+            # Dict node (`mixing.weights={a:2,b:1}` and `mixing.weights.a=2` both fail inside OmegaConf.update); the
+            # consuming dataclass checks that the value is a mapping.
+            return Any
         base = Dict[str, Any]
     elif name.startswith(("list", "List", "Sequence", "tuple", "Tuple")):
         base = List[Any]
@@ -179,6 +186,16 @@ class TrainerConfig:
 
 
 @dataclass
+class DoReMiConfig:
+    """`doremi`: with a `reference` checkpoint the run trains a DoReMi proxy (lightning_t5/train/doremi.py: Group DRO
+    against the reference, per-task excess loss, the averaged weights written as the run's weights.json)."""
+
+    reference: Optional[str] = None  # checkpoint (file, directory or run folder) of the reference model; null: off
+    eta: float = 1.0  # step size of the weight update (the code's default; 0.1 against near one-hot weights)
+    eps: float = 1e-4  # smoothing towards uniform: alpha = (1 - eps) alpha + eps / K
+
+
+@dataclass
 class RunConfig:
     """Top level of the composed config (docs/CONTRACTS.md "Run configuration")."""
 
@@ -202,6 +219,11 @@ class RunConfig:
     # configs/objective/*.yaml: the pretraining objective of the mixture's corpus tasks, e.g.
     # `objective=span_corruption objective.noise_density=0.5 objective.mean_noise_span_length=10`
     objective: Optional[Dict[str, Any]] = None
+    doremi: DoReMiConfig = field(default_factory=DoReMiConfig)
+    # Free-form values for a sweeper (configs/tuning/*.yaml): `tuning.objective` names the score train.py returns to it
+    # (a benchmark average or a task, `tuning.rank` for rank classification), `tuning.u.<task>` uniforms that
+    # `${neg_log:...}` turns into mixing weights uniform on the simplex.
+    tuning: Optional[Dict[str, Any]] = None
 
 
 _SCHEMA: type | None = None
@@ -221,11 +243,22 @@ def build_schema() -> type:
     return _SCHEMA
 
 
+def neg_log(u: Any) -> float:
+    """`${neg_log:u}` = -ln(u) for u in (0, 1]: K uniforms through it, normalised, are uniform on the simplex (the
+    explicit mixing rates are normalised by the sampler), the way to put a sweeper over mixing weights."""
+    value = float(u)
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"neg_log needs a number in (0, 1], got {u!r}")
+    return -math.log(value)
+
+
 def register_schema() -> None:
-    """Register the schema as `run_schema` in Hydra's ConfigStore (config.yaml lists it first in its defaults)."""
+    """Register the schema as `run_schema` in Hydra's ConfigStore (config.yaml lists it first in its defaults) and
+    the config resolvers the shipped configs use (`neg_log`)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="run_schema", node=build_schema())
+    OmegaConf.register_new_resolver("neg_log", neg_log, replace=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -334,6 +367,23 @@ def check_overrides(overrides: Sequence[str], groups: Sequence[str] = ()) -> Non
             raise ConfigError(message)
 
 
+#: Mappings keyed by the user's own names (`mixing.weights.<task>`). A name is a key the composed config does not
+#: have yet, which Hydra accepts only as `++key=value`; `add_mapping_keys` adds the prefix so that the plain spelling
+#: works as well as the whole mapping (`mixing.weights={glue_rte:2,my_task:1}`, needed for task names with dots).
+NAME_KEYED_MAPPINGS = ("mixing.weights",)
+
+
+def add_mapping_keys(overrides: Sequence[str]) -> list[str]:
+    """`mixing.weights.glue_rte=2` -> `++mixing.weights.glue_rte=2` (see NAME_KEYED_MAPPINGS); others unchanged."""
+    out = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" in override and any(key.startswith(m + ".") for m in NAME_KEYED_MAPPINGS):
+            override = "++" + override
+        out.append(override)
+    return out
+
+
 def validate_config(cfg: DictConfig) -> DictConfig:
     """Check the values with fixed choices and ranges; returns `cfg` (structured) or raises ConfigError."""
     cfg = to_run_config(cfg)
@@ -354,6 +404,10 @@ def validate_config(cfg: DictConfig) -> DictConfig:
                           "each task's target lengths).")
     if cfg.eval.max_examples is not None and cfg.eval.max_examples <= 0:
         raise ConfigError(f"eval.max_examples={cfg.eval.max_examples!r} must be positive or null (whole split).")
+    if cfg.doremi.eta <= 0:
+        raise ConfigError(f"doremi.eta={cfg.doremi.eta!r} must be positive (the step size of the weight update).")
+    if not 0 <= cfg.doremi.eps < 1:
+        raise ConfigError(f"doremi.eps={cfg.doremi.eps!r} must be in [0, 1) (the share of uniform weights).")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers!r} must be >= 0.")
     return cfg
