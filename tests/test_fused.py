@@ -330,8 +330,8 @@ def test_fast_dropout_seeded_and_lanes_independent():
 
 
 def test_cpu_attention_dropout_path_matches_sdpa_without_dropout():
-    """With dropout off the explicit CPU path and SDPA agree; with dropout on, training runs the explicit path and
-    a seeded forward is reproducible."""
+    """With dropout off the explicit CPU path (what CPU training runs) and SDPA (CPU inference) agree; with dropout
+    on, training runs the explicit path and a seeded forward is reproducible."""
     torch.manual_seed(0)
     model = T5(T5Config.from_preset("tiny", vocab_size=64, dropout_rate=0.1))
     ids = torch.randint(2, 64, (2, 9))
@@ -342,12 +342,15 @@ def test_cpu_attention_dropout_path_matches_sdpa_without_dropout():
     again = model(input_ids=ids, labels=labels).loss
     assert torch.equal(first, again)
     model.eval()
-    sdpa = model(input_ids=ids, labels=labels).logits
+    with torch.no_grad():  # CPU inference takes SDPA; CPU training (grad enabled) the explicit path
+        sdpa = model(input_ids=ids, labels=labels).logits
+    explicit = model(input_ids=ids, labels=labels).logits
     for module in model.modules():
         if hasattr(module, "eager"):
             module.eager = True
-    eager = model(input_ids=ids, labels=labels).logits
-    assert torch.allclose(sdpa, eager, atol=1e-5)
+    with torch.no_grad():
+        eager = model(input_ids=ids, labels=labels).logits
+    assert torch.allclose(sdpa, eager, atol=1e-5) and torch.allclose(sdpa, explicit, atol=1e-5)
 
 
 # -- bf16 matmuls on CPUs without bf16 arithmetic ----------------------------------------------------------------

@@ -20,6 +20,7 @@ from lightning_t5.model.fused import BACKENDS
 ATTENTION_CHOICES = ("sdpa", "eager")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 AUTOCAST_CHOICES = (None, "bfloat16", "float16")
+COMPILE_CHOICES = ("auto", True, False)
 
 
 @dataclass
@@ -33,7 +34,10 @@ class T5Config:
     `attention`: "sdpa" (torch.nn.functional.scaled_dot_product_attention with the bias as an additive mask) or
     "eager" (explicit softmax(QK^T + bias)V, the readable reference).
     `autocast_dtype`: run forward under torch.autocast with this dtype (None: leave precision to the caller/Lightning).
-    `compile`: torch.compile each transformer block (state-dict names are unchanged).
+    `compile`: torch.compile the training forward. `true`: always, as one graph or per block, whichever
+    `lightning_t5.model.t5.BEST_COMPILE_MODE` names for the device (the faster in bench/model.py); `false`: never;
+    `auto`: the training module compiles when the estimated compile time is below 5 % of the run's estimated time
+    (`lightning_t5.model.flops.compile_pays`). State-dict names are unchanged either way.
     `z_loss`: weight of the log(Z)^2 auxiliary loss used by `T5.loss` (0 disables it).
     """
 
@@ -59,7 +63,7 @@ class T5Config:
     fused: str = "auto"
     attention: str = "sdpa"
     gradient_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | str = "auto"
     autocast_dtype: str | None = None
     z_loss: float = 0.0
     extra: dict = field(default_factory=dict, repr=False)  # unknown keys kept from HF configs (round-tripped)
@@ -111,6 +115,8 @@ class T5Config:
             raise bad("fused", self.fused, f"one of {list(BACKENDS)}")
         if self.attention not in ATTENTION_CHOICES:
             raise bad("attention", self.attention, f"one of {list(ATTENTION_CHOICES)}")
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
+            raise bad("compile", self.compile, "one of auto, true, false")
         if self.autocast_dtype not in AUTOCAST_CHOICES:
             raise bad("autocast_dtype", self.autocast_dtype, f"one of {list(AUTOCAST_CHOICES)}")
         if self.z_loss < 0:

@@ -278,6 +278,19 @@ def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch
     return lanes >= dropped - (1 << 15), _INT16_LEVELS / (_INT16_LEVELS - dropped)
 
 
+@torch.library.custom_op("lightning_t5::dropout_keep_mask", mutates_args=())
+def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """`_keep_mask` for the shape and device of `x`, as an operator that torch.compile calls as it is: inductor's
+    own CPU random numbers (one Philox evaluation per element, scalar code) made a compiled tiny step ~1.6x slower
+    than eager. Taking `x` (not only its shape) keeps two dropouts of the same shape from being merged."""
+    return _keep_mask(x.shape, p, x.device)[0]
+
+
+@dropout_keep_mask.register_fake
+def _(x: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout` semantics (inverted dropout), ~3x faster on CPU; CUDA and other devices use `F.dropout` itself
     (its Philox kernel is already fused there)."""
@@ -285,9 +298,14 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or not x.is_floating_point() or p >= 1.0:
         return F.dropout(x, p, training=True)
-    keep, scale = _keep_mask(x.shape, p, x.device)
-    # the scaled mask in one pass (where), then one multiply; autograd keeps the mask for the backward's multiply
-    mask = torch.where(keep, torch.tensor(scale, dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype))
+    keep, scale = dropout_keep_mask(x, p), _INT16_LEVELS / (_INT16_LEVELS - round(p * _INT16_LEVELS))
+    # the scaled mask: the bool mask read as uint8, converted and scaled in place (2x faster on CPU than
+    # torch.where(keep, scale, 0) or keep * scale, whose bool paths are not vectorised), then one multiply;
+    # autograd keeps the mask for the backward's multiply
+    if torch.compiler.is_compiling():
+        mask = keep.to(x.dtype) * scale  # inductor vectorises this (the uint8 view makes its CPU code ~6x slower)
+    else:
+        mask = keep.view(torch.uint8).to(x.dtype).mul_(scale)
     return x * mask
 
 

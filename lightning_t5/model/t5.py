@@ -5,13 +5,16 @@ Parameter names are exactly those of `transformers.T5ForConditionalGeneration` m
 loads with no renaming (`lightning_t5.model.hf`). Two calling conventions:
 
 * seqio / packed: `model(encoder_input_tokens=..., decoder_input_tokens=..., encoder_segment_ids=..., ...)` -> logits.
-  Segment ids stop attention across packed examples; per-segment positions drive the relative bias.
+  Segment ids stop attention across packed examples; the relative bias is that of the index difference (T5X's),
+  which equals the difference of per-segment positions for every pair the segment mask keeps, so the
+  `*_positions` features are accepted and not needed.
 * Hugging Face: `model(input_ids=..., attention_mask=..., labels=...)` -> `Seq2SeqLMOutput(loss, logits, ...)`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -20,10 +23,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import KVCache, T5Attention, combine_bias_and_mask, position_bias, to_autocast_dtype
+from .attention import KVCache, T5Attention, combine_bias_and_mask, relative_bias, to_autocast_dtype
 from .config import T5Config
 from .fused import PORTABLE_BACKEND, Dropout, Linear, gelu_tanh_mul, linear, make_rms_norm, resolve_backend
 from .losses import LossOutput, hf_cross_entropy, masked_cross_entropy
+
+logger = logging.getLogger("lightning_t5.model")
+
+COMPILE_MODES = ("model", "block")
+#: What `model.compile=true` compiles, per device type: the faster of the two in `bench/model.py --compile-modes
+#: model,block` (which prints both and says whether this table still names the faster one). CPU, T5.1.1-small
+#: 8 x (512 + 114) fp32, one run on the shared 2-core machine: whole stacks 4.90 s/step, per block 5.21 s, eager
+#: 5.69 s. CUDA: not measured yet (no GPU was lent to this project's sessions); whole stacks as on CPU until
+#: `bench/gpu_check.py --compile-modes model,block` says otherwise. FSDP runs compile per block regardless.
+BEST_COMPILE_MODE = {"cpu": "model", "cuda": "model"}
+
+
+def best_compile_mode(device_type: str) -> str:
+    """`BEST_COMPILE_MODE` for `device_type` ("model" for device types that were not measured)."""
+    return BEST_COMPILE_MODE.get(device_type, "model")
+
 
 SEQIO_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
                 "encoder_positions", "decoder_positions")
@@ -49,16 +68,6 @@ class Seq2SeqLMOutput:
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
-
-
-def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Position of each token within its segment (0 at each segment start), vectorised."""
-    length = segment_ids.shape[-1]
-    index = torch.arange(length, device=segment_ids.device).expand_as(segment_ids)
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
-    starts[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
-    start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
-    return index - start_index
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,10 +153,18 @@ class T5Block(nn.Module):
         layers.append(T5LayerFF(cfg, backend))
         self.layer = nn.ModuleList(layers)
         self.is_decoder = is_decoder
+        self.compiled_body: Any = None  # set by T5.enable_compile("block"); used by training forwards only
 
     def forward(self, x: torch.Tensor, self_mask: torch.Tensor | None, encoder_hidden: torch.Tensor | None = None,
                 cross_mask: torch.Tensor | None = None, cache: LayerCache | None = None
                 ) -> tuple[torch.Tensor, LayerCache]:
+        if cache is None and self.compiled_body is not None and self.training:
+            return self.compiled_body(x, self_mask, encoder_hidden, cross_mask)  # per-block compilation
+        return self.body(x, self_mask, encoder_hidden, cross_mask, cache)
+
+    def body(self, x: torch.Tensor, self_mask: torch.Tensor | None, encoder_hidden: torch.Tensor | None = None,
+             cross_mask: torch.Tensor | None = None, cache: LayerCache | None = None
+             ) -> tuple[torch.Tensor, LayerCache]:
         self_past, cross_past = cache if cache is not None else (None, None)
         x, self_kv = self.layer[0](x, self_mask, past=self_past)
         cross_kv = None
@@ -209,9 +226,12 @@ class T5(nn.Module):
             self.decoder = T5Stack(cfg, self.backend, is_decoder=True)
             self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.d_model, cfg.vocab_size)
         self.reset_parameters()
-        if cfg.compile:
-            for block in (*self.encoder.block, *self.decoder.block):
-                block.compile()
+        self.compile_mode: str | None = None  # "model" | "block" once compiled (see enable_compile)
+        self._compile_request: str | None = None
+        self._compiled_stacks: Any = None
+        self.compile_count = 0  # graphs compiled so far (each new input shape compiles again)
+        if cfg.compile is True:
+            self.enable_compile()
 
     # -- construction -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -284,6 +304,42 @@ class T5(nn.Module):
         model.load_state_dict({k.replace("._orig_mod", ""): v for k, v in state.items()})
         return model.eval()
 
+    # -- compilation --------------------------------------------------------------------------------------------
+    def enable_compile(self, mode: str | None = None) -> None:
+        """torch.compile the training forward: `mode` "model" (embeddings, encoder and decoder as one graph; the
+        masks are built eagerly, once per step, and passed in) or "block" (each block on its own; what FSDP2
+        shards), None = `best_compile_mode` for the device of the first training batch. Compilation happens at
+        that first training forward, and only training forwards (`model.train()`) run compiled code: evaluation
+        and generation, whose shapes vary, stay eager, so a run compiles once per distinct training batch shape
+        (`compile_count`; one shape for the packed and padded batches of the data pipeline). Parameter names and
+        the state dict are unchanged. The loss after the decoder (the gather of weighted positions, whose count
+        varies, the output projection and the cross-entropy) runs eagerly in both modes."""
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r} is not valid: expected one of {list(COMPILE_MODES)}.")
+        self._compile_request = mode or "best"
+
+    def _count_compile(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        """The inductor backend, counting (and logging) every graph it compiles."""
+        from torch._inductor.compile_fx import compile_fx
+
+        self.compile_count += 1
+        shapes = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() >= 2][:2]
+        logger.info("torch.compile (%s): graph %d compiled (inputs %s)", self.compile_mode, self.compile_count,
+                    shapes)
+        return compile_fx(gm, example_inputs)
+
+    def _apply_compile(self, device: torch.device) -> None:
+        mode = self._compile_request
+        self._compile_request = None
+        if mode == "best":
+            mode = best_compile_mode(device.type)
+        self.compile_mode = mode
+        if mode == "model":
+            self._compiled_stacks = torch.compile(self._stacks, backend=self._count_compile)
+        else:
+            for block in (*self.encoder.block, *self.decoder.block):
+                block.compiled_body = torch.compile(block.body, backend=self._count_compile)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -298,21 +354,44 @@ class T5(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=getattr(torch, self.config.autocast_dtype))
 
-    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
-               positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder hidden states [B, L, d]. Packed rows: `segment_ids` (0 = padding); HF-style: `attention_mask`."""
-        device, length = input_ids.device, input_ids.shape[1]
-        if positions is None:
-            positions = (positions_from_segments(segment_ids) if segment_ids is not None
-                         else torch.arange(length, device=device)[None])
-        bias = position_bias(self.encoder.relative_attention_bias, positions, positions, bidirectional=True,
-                             cfg=self.config)
+    def encoder_mask(self, length: int, device: torch.device, segment_ids: torch.Tensor | None = None,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's additive self-attention mask with the relative bias folded in, [B|1, H, L, L]."""
+        bias = relative_bias(self.encoder.relative_attention_bias, length, length, bidirectional=True,
+                             cfg=self.config, device=device)
         keep = None
         if segment_ids is not None:
             keep = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
         elif attention_mask is not None:
             keep = attention_mask.bool()[:, None, None, :]
-        mask = combine_bias_and_mask(bias, keep, self._compute_dtype(device))
+        return combine_bias_and_mask(bias, keep, self._compute_dtype(device))
+
+    def decoder_masks(self, length: int, device: torch.device, segment_ids: torch.Tensor | None = None,
+                      encoder_segment_ids: torch.Tensor | None = None,
+                      encoder_attention_mask: torch.Tensor | None = None,
+                      decoder_attention_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's causal, segment-restricted self-attention mask (relative bias folded in) and the
+        cross-attention mask."""
+        bias = relative_bias(self.decoder.relative_attention_bias, length, length, bidirectional=False,
+                             cfg=self.config, device=device)
+        keep = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+        if segment_ids is not None:
+            keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        if decoder_attention_mask is not None:
+            keep = keep & decoder_attention_mask.bool()[:, None, None, :]
+        self_mask = combine_bias_and_mask(bias, keep, self._compute_dtype(device))
+        return self_mask, self.cross_attention_mask(device, segment_ids, encoder_segment_ids, encoder_attention_mask)
+
+    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder hidden states [B, L, d]. Packed rows: `segment_ids` (0 = padding); HF-style: `attention_mask`.
+
+        `positions` (seqio's per-segment positions) are accepted and not needed: the bias is that of the index
+        difference, which equals the position difference for every pair the segment mask keeps (module docstring
+        of `lightning_t5.model.attention`)."""
+        del positions
+        mask = self.encoder_mask(input_ids.shape[1], input_ids.device, segment_ids, attention_mask)
         hidden, _ = self.encoder(self.shared(input_ids), mask)
         return hidden
 
@@ -333,21 +412,12 @@ class T5(nn.Module):
                segment_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                encoder_segment_ids: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder hidden states (teacher forcing) [B, Lt, d]: causal, segment-restricted self-attention."""
-        device, length = decoder_input_ids.device, decoder_input_ids.shape[1]
-        if positions is None:
-            positions = (positions_from_segments(segment_ids) if segment_ids is not None
-                         else torch.arange(length, device=device)[None])
-        bias = position_bias(self.decoder.relative_attention_bias, positions, positions, bidirectional=False,
-                             cfg=self.config)
-        keep = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
-        if segment_ids is not None:
-            keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-        if decoder_attention_mask is not None:
-            keep = keep & decoder_attention_mask.bool()[:, None, None, :]
-        dtype = self._compute_dtype(device)
-        self_mask = combine_bias_and_mask(bias, keep, dtype)
-        cross_mask = self.cross_attention_mask(device, segment_ids, encoder_segment_ids, encoder_attention_mask)
+        """Decoder hidden states (teacher forcing) [B, Lt, d]: causal, segment-restricted self-attention.
+        `positions`: as in `encode`, accepted and not needed."""
+        del positions
+        self_mask, cross_mask = self.decoder_masks(decoder_input_ids.shape[1], decoder_input_ids.device,
+                                                   segment_ids, encoder_segment_ids, encoder_attention_mask,
+                                                   decoder_attention_mask)
         hidden, _ = self.decoder(self.shared(decoder_input_ids), self_mask, encoder_hidden, cross_mask)
         return hidden
 
@@ -402,15 +472,41 @@ class T5(nn.Module):
         if encoder_input_tokens is None or decoder_input_tokens is None:
             raise TypeError("T5.forward needs encoder_input_tokens and decoder_input_tokens (seqio names) or "
                             "input_ids (+ labels or decoder_input_ids) (Hugging Face names).")
-        with self._autocast(encoder_input_tokens.device):
-            encoder_hidden = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions)
-            decoder_hidden = self.decode(decoder_input_tokens, encoder_hidden, decoder_segment_ids, decoder_positions,
-                                         encoder_segment_ids=encoder_segment_ids)
+        device = encoder_input_tokens.device
+        if self._compile_request is not None and self.training:
+            self._apply_compile(device)
+        with self._autocast(device):
+            decoder_hidden = self._encode_decode(encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                                                 decoder_segment_ids)
             if return_loss:
                 return self._loss(decoder_hidden, decoder_target_tokens, decoder_loss_weights, z_loss)
             if logits_mask is not None:
                 decoder_hidden = decoder_hidden[logits_mask.bool()]
             return self.lm_logits(decoder_hidden)
+
+    def _encode_decode(self, encoder_input_tokens: torch.Tensor, decoder_input_tokens: torch.Tensor,
+                       encoder_segment_ids: torch.Tensor | None, decoder_segment_ids: torch.Tensor | None
+                       ) -> torch.Tensor:
+        """Decoder hidden states of a seqio batch: the masks (eager: built once, read by every layer), then both
+        stacks (`_stacks`, compiled as one graph by `enable_compile("model")` in training)."""
+        device = encoder_input_tokens.device
+        encoder_mask = self.encoder_mask(encoder_input_tokens.shape[1], device, encoder_segment_ids)
+        self_mask, cross_mask = self.decoder_masks(decoder_input_tokens.shape[1], device, decoder_segment_ids,
+                                                   encoder_segment_ids)
+        stacks = self._stacks
+        if self._compiled_stacks is not None and self.training:
+            stacks = self._compiled_stacks
+        return stacks(encoder_input_tokens, decoder_input_tokens, encoder_mask, self_mask, cross_mask)
+
+    def _stacks(self, encoder_input_tokens: torch.Tensor, decoder_input_tokens: torch.Tensor,
+                encoder_mask: torch.Tensor | None, self_mask: torch.Tensor | None, cross_mask: torch.Tensor | None
+                ) -> torch.Tensor:
+        """Embeddings, encoder and decoder: every matmul of the forward but the output projection. The masks come
+        in as tensors: compiled, each layer's softmax then reads the one materialised mask (inductor would
+        otherwise inline the mask construction, bias gather included, into every layer's softmax passes)."""
+        encoder_hidden, _ = self.encoder(self.shared(encoder_input_tokens), encoder_mask)
+        hidden, _ = self.decoder(self.shared(decoder_input_tokens), self_mask, encoder_hidden, cross_mask)
+        return hidden
 
     def _loss(self, decoder_hidden: torch.Tensor, targets: torch.Tensor | None, weights: torch.Tensor | None,
               z_loss: float | None) -> LossOutput:

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_t5.eval.evaluation import evaluate_predictions, gather_predictions
+from lightning_t5.model.flops import compile_pays
 from lightning_t5.model.fused import log_kernels, make_optimizer
 from lightning_t5.model.t5 import SEQIO_INPUTS
 from lightning_t5.train.schedules import lr_lambda
@@ -151,6 +152,40 @@ class T5LightningModule(pl.LightningModule):
         return both[0], both[1]
 
     # ------------------------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """`model.compile`, decided once, at the first training batch (its shape and device are the run's):
+        `true` compiles, `auto` compiles when `compile_pays` (compile time < 5 % of the run's estimated time),
+        sharded runs compile per block (FSDP2 wraps each block). The number of compiled graphs is printed whenever
+        it grows and logged as `compile/graphs`."""
+        config = getattr(self.model, "config", None)
+        if getattr(self, "_compile_decided", False) or config is None:
+            return
+        self._compile_decided = True
+        setting, tokens = config.compile, batch["encoder_input_tokens"]
+        if setting == "auto":
+            steps = (int(self.hparams["total_steps"]) - self.trainer.global_step) * self.trainer.accumulate_grad_batches
+            device_name = torch.cuda.get_device_name(tokens.device) if tokens.is_cuda else ""
+            dtype = "bf16" if "bf16" in str(self.trainer.precision) else "fp32"
+            setting, why = compile_pays(config, steps, tokens.shape[0], tokens.shape[1],
+                                        batch["decoder_input_tokens"].shape[1], tokens.device.type, device_name,
+                                        torch.get_num_threads(), dtype)
+            self._say(why)
+        if setting is True:
+            self.model.enable_compile("block" if self.hparams.get("sharding") else None)
+
+    def on_train_batch_end(self, outputs: Any, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        count = getattr(self.model, "compile_count", 0)
+        if count:
+            self.log("compile/graphs", float(count), on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
+        if count != getattr(self, "_printed_compile_count", 0):
+            self._printed_compile_count = count
+            self._say(f"torch.compile ({self.model.compile_mode}): {count} graph(s) compiled so far "
+                      f"(step {self.trainer.global_step})")
+
+    def _say(self, line: str) -> None:
+        if self.trainer.is_global_zero:
+            print(line, flush=True)
+
     def configure_model(self) -> None:
         """FSDP2 sharding under `trainer=fsdp` (lightning_t5.dist.sharding); nothing otherwise."""
         if self.hparams.get("sharding"):
