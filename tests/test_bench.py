@@ -22,9 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
+    """bench/<name>.py as a module. The scripts put bench/ first on sys.path (for `import peak`); it goes to the end
+    here, so that a later `import train` in the same test process still finds the repository's train.py, not
+    bench/train.py."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    bench_dir = str(ROOT / "bench")
+    while bench_dir in sys.path:
+        sys.path.remove(bench_dir)
+    sys.path.append(bench_dir)
     return module
 
 

@@ -4,6 +4,7 @@ sampler normalises them), and train.py returns the score the sweeper maximises."
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def test_normalised_neg_log_uniforms_are_uniform_on_the_simplex() -> None:
 
 
 def test_train_py_returns_the_tuning_objective() -> None:
-    import train
+    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parents[1] / "train.py")
+    train = importlib.util.module_from_spec(spec)  # by path: bench/train.py may be on sys.path in this process
+    spec.loader.exec_module(train)
 
     cfg = compose("tuning.objective=glue")
     result = {"metrics": {"glue_sst2": {"accuracy": 80.0, "rank_accuracy": 90.0},
