@@ -3,8 +3,8 @@
 1. Throughput (examples/s, non-pad tokens/s) of MixtureDataset with 10, 100 and 1,000 synthetic tasks, packed and
    padded, in steady state (after every task's data was loaded once). The cost per example should stay roughly flat
    as the number of tasks grows; the ratio to the 10-task figure is printed.
-2. Packing efficiency (non-pad share of tokens) on the shipped GLUE sets (`glue_local`) versus padding each example to its own
-   task's maximum length (bucketing by task), and versus padding to the fixed sequence length.
+2. Packing efficiency (non-pad share of tokens) on the shipped GLUE sets (`glue_local`) versus padding each example
+   to its own task's maximum length (bucketing by task), and versus padding to the fixed sequence length.
 
 Run: ``.venv/bin/python bench/mixing.py [--seconds 3] [--quick]``.
 """
