@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 train: setup
 	$(BIN)/python train.py $(ARGS)
 
-# The default suite is the whole suite (about 8 minutes on 2 cores): CI must exercise resume after SIGKILL,
-# 2-process DDP and the experiment presets end to end. `make test-fast` skips the tests marked slow (~2 minutes).
+# The default suite is the whole suite (about 18 minutes on 2 cores): CI must exercise resume after SIGKILL,
+# 2-process DDP and the experiment presets end to end. `make test-fast` skips the tests marked slow (~4 minutes).
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
