@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +107,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``path`` durably: a temporary file in the same folder, fsync, rename, fsync of the folder."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` durably: a temporary file in the same folder, fsync, rename, fsync of the folder; a killed
+    writer leaves the old file or the new one, never half of one. The temporary name carries host and pid, so
+    processes of several nodes writing the same file on a shared filesystem never share one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_bytes_atomic` of ``text`` in UTF-8."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------

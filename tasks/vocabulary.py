@@ -28,7 +28,7 @@ import numpy as np
 import sentencepiece as spm
 
 from tasks.errors import TaskError
-from tasks.utils import DATA_DIR
+from tasks.utils import DATA_DIR, write_bytes_atomic
 
 DEFAULT_VOCAB_PATH = DATA_DIR / "vocab" / "spiece.model"
 DEFAULT_EXTRA_IDS = 100
@@ -205,7 +205,7 @@ class SentencePieceVocabulary:
         }
         written = []
         for name in HF_TOKENIZER_FILES:
-            _write_durably(directory / name, contents[name])
+            write_bytes_atomic(directory / name, contents[name])
             written.append(directory / name)
         return written
 
@@ -326,24 +326,6 @@ def _hf_incompatibilities(spec: dict[str, Any]) -> list[str]:
 
 def _json_bytes(payload: Any) -> bytes:
     return (json.dumps(payload, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, fsync, rename over `path`, fsync the directory: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @functools.lru_cache(maxsize=8)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from pathlib import Path
 from typing import Any, Mapping
 
 from lightning_t5.errors import ConfigError
+from tasks.utils import write_text_atomic
 
 __all__ = ["WEIGHTS_FILE", "write_weights", "read_weights", "normalised"]
 
@@ -38,16 +38,6 @@ def normalised(weights: Mapping[str, float]) -> dict[str, float]:
     if not weights or not math.isfinite(total) or total <= 0 or any(float(v) < 0 for v in weights.values()):
         raise ConfigError(f"mixing weights must be non-negative with a positive sum, got {dict(weights)}")
     return {str(k): float(v) / total for k, v in weights.items()}
-
-
-def _durable_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # ranks may write the same file
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _yaml(weights: Mapping[str, float], comment: str) -> str:
@@ -72,11 +62,11 @@ def write_weights(directory: str | os.PathLike, weights: Mapping[str, float] | N
     else:
         payload["sets"] = {str(k): normalised(v) for k, v in (sets or {}).items()}
     path = directory / WEIGHTS_FILE
-    _durable_write(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     if weights is not None:
         usage = (f"use: python train.py mixture=<a mixture of these tasks> hydra.searchpath=[file://{directory}] "
                  f"+mixing={name}")
-        _durable_write(directory / "mixing" / f"{name}.yaml", _yaml(payload["weights"], f"{source}\n{usage}"))
+        write_text_atomic(directory / "mixing" / f"{name}.yaml", _yaml(payload["weights"], f"{source}\n{usage}"))
     return path
 
 
