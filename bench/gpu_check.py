@@ -41,31 +41,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hf_baseline import hf_from_ours  # noqa: E402
 from lightning_t5 import T5, T5Config  # noqa: E402
 from lightning_t5.model.flops import peak_flops, training_flops_per_sequence  # noqa: E402
 from lightning_t5.model.hf import seqio_features  # noqa: E402
 from lightning_t5.model.fused import BACKENDS, FusedBackendError, describe_kernels, make_optimizer, resolve_backend  # noqa: E402
 
 PARITY_TOL = {"fp32": 2e-4, "bf16": 5e-2}  # max |logit diff| relative to the logits' max magnitude
-
-
-def hf_model(cfg: T5Config, ours: T5) -> torch.nn.Module:
-    """transformers' T5 with our weights (v5 ties lm_head unless given its own parameter)."""
-    import transformers
-
-    hf_cfg = transformers.T5Config(
-        vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff, num_layers=cfg.num_layers,
-        num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads, dropout_rate=0.0,
-        feed_forward_proj=cfg.feed_forward_proj, tie_word_embeddings=cfg.tie_word_embeddings,
-        relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-        relative_attention_max_distance=cfg.relative_attention_max_distance, decoder_start_token_id=0,
-        pad_token_id=0, eos_token_id=1, scale_decoder_outputs=cfg.scale_outputs)
-    model = transformers.T5ForConditionalGeneration(hf_cfg)
-    state = {k: v.detach().cpu() for k, v in ours.state_dict().items()}
-    if ours.lm_head is not None:
-        model.lm_head.weight = torch.nn.Parameter(state["lm_head.weight"].clone())
-    model.load_state_dict(state, strict=False)
-    return model
 
 
 def padded_batch(cfg: T5Config, batch: int, enc_len: int, dec_len: int, device: torch.device,
@@ -95,7 +77,7 @@ def check_parity(args: argparse.Namespace, device: torch.device) -> list[dict[st
     torch.manual_seed(0)
     cfg = T5Config.from_preset(args.parity_config, dropout_rate=0.0, fused="none")
     ours = T5(cfg)
-    hf = hf_model(cfg, ours).to(device)
+    hf = hf_from_ours(ours).to(device)
     ours = ours.to(device)
     batch = padded_batch(cfg, 4, 128, 32, device)
     rows = []
@@ -210,7 +192,7 @@ def throughput(args: argparse.Namespace, device: torch.device, backends: list[st
         cfg = cfg0.replace(fused=backend)
         ours = T5(cfg)
         ours.load_state_dict(state, strict=False)
-        model: torch.nn.Module = (hf_model(cfg, ours) if impl == "hf" else ours).to(device).train()
+        model: torch.nn.Module = (hf_from_ours(ours) if impl == "hf" else ours).to(device).train()
         opt = make_optimizer("adamw", model.parameters(), lr=1e-4, backend=backend)
         forward = model
         if compile_mode and impl == "hf":

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from hf_baseline import hf_from_ours  # noqa: E402
 from lightning_t5.model.flops import peak_flops, training_flops_per_sequence  # noqa: E402
 
 DEFAULT_RUNS = "tiny@32x128x32,t5_1_1_small@8x512x114"
@@ -81,28 +82,6 @@ def make_batch(cfg, batch: int, enc_len: int, dec_len: int, device):
             dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels).items()}
 
 
-def hf_from_ours(ours, cfg):
-    """transformers' T5 with our weights (v5 ties lm_head unless it is given its own parameter)."""
-    import torch
-    import transformers
-
-    hf_cfg = transformers.T5Config(
-        vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff, num_layers=cfg.num_layers,
-        num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads, dropout_rate=cfg.dropout_rate,
-        feed_forward_proj=cfg.feed_forward_proj, tie_word_embeddings=cfg.tie_word_embeddings,
-        relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-        relative_attention_max_distance=cfg.relative_attention_max_distance, decoder_start_token_id=0,
-        pad_token_id=0, eos_token_id=1, scale_decoder_outputs=cfg.scale_outputs)
-    model = transformers.T5ForConditionalGeneration(hf_cfg)
-    state = {k: v.detach().cpu() for k, v in ours.state_dict().items()}
-    if ours.lm_head is not None:
-        model.lm_head.weight = torch.nn.Parameter(state["lm_head.weight"].clone())
-    else:
-        state["lm_head.weight"] = state["shared.weight"]
-    model.load_state_dict(state, strict=False)
-    return model
-
-
 def build(impl: str, compile_mode: str | None, args: argparse.Namespace, device):
     """(model, optimizer, T5Config) for impl "ours" | "hf", compiled with `compile_mode` (None: eager; for ours
     "best", "model" or "block"; for transformers "model" = torch.compile of the whole model)."""
@@ -120,7 +99,7 @@ def build(impl: str, compile_mode: str | None, args: argparse.Namespace, device)
         if compile_mode:
             model.enable_compile(None if compile_mode == "best" else compile_mode)
     else:
-        model = hf_from_ours(ours, cfg).to(device).train()
+        model = hf_from_ours(ours).to(device).train()
         if compile_mode:
             model = torch.compile(model)
     return model, make_optimizer("adamw", model.parameters(), lr=1e-4, backend=backend), cfg

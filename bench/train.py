@@ -43,6 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hf_baseline import hf_from_ours  # noqa: E402
+
 PAD_MULTIPLE = 8
 GOAL_TOTAL = 1.5  # issue 23: ours end to end >= 1.5x compiled transformers with length-grouped padding
 
@@ -103,27 +105,6 @@ def packed_batch(chunk: list[dict[str, np.ndarray]], seq: dict[str, int]) -> dic
     return {k: v[rows] for k, v in batch.items()}
 
 
-def hf_model(cfg, ours) -> torch.nn.Module:
-    """transformers' T5 with our config and weights (untied lm_head kept its own parameter)."""
-    import transformers
-
-    hf_cfg = transformers.T5Config(
-        vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff, num_layers=cfg.num_layers,
-        num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads, feed_forward_proj=cfg.feed_forward_proj,
-        tie_word_embeddings=cfg.tie_word_embeddings, dropout_rate=cfg.dropout_rate,
-        relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-        relative_attention_max_distance=cfg.relative_attention_max_distance, decoder_start_token_id=0,
-        pad_token_id=0, eos_token_id=1, scale_decoder_outputs=cfg.scale_outputs)
-    baseline = transformers.T5ForConditionalGeneration(hf_cfg)
-    if not cfg.tie_word_embeddings and baseline.lm_head.weight is baseline.shared.weight:
-        # transformers v5 ties lm_head to the input embedding whatever the config says; untie it so both models
-        # have the same parameters (T5.1.1-style separate output projection) and the optimizer does the same work
-        baseline.lm_head.weight = torch.nn.Parameter(baseline.shared.weight.detach().clone())
-    missing, _ = baseline.load_state_dict(ours.state_dict(), strict=False)  # the same weights for both
-    assert all("embed_tokens" in k or k == "lm_head.weight" for k in missing), missing
-    return baseline
-
-
 class Run:
     """One configuration: a model (compiled or not) trained from the same initial weights each round."""
 
@@ -177,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     cfg = T5Config.from_preset("tiny", compile=False)
     ours = T5(cfg)
-    baseline = hf_model(cfg, ours)
+    baseline = hf_from_ours(ours)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_hf = sum(p.numel() for p in baseline.parameters())
     rate = peak.square_rate(2048, "fp32", torch.device("cpu"))
@@ -193,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compiled = variant == "compiled"
         runs[f"ours packed {variant}"] = Run(copy_of_ours(), packed, False, compiled)
         runs[f"ours padded {variant}"] = Run(copy_of_ours(), padded, False, compiled)
-        runs[f"HF padded {variant}"] = Run(hf_model(cfg, ours), padded_hf, True, compiled)
+        runs[f"HF padded {variant}"] = Run(hf_from_ours(ours), padded_hf, True, compiled)
     first_pass = {}
     for name, run in runs.items():  # untimed: warm-up and every compilation
         first_pass[name] = run.train()
