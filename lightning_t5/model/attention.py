@@ -59,8 +59,11 @@ def relative_bias(embedding: nn.Embedding, q_len: int, k_len: int, *, bidirectio
                                        num_buckets=cfg.relative_attention_num_buckets,
                                        max_distance=cfg.relative_attention_max_distance)
     table = embedding(buckets)  # [q_len + k_len - 1, H]
-    # unfold: row r holds table[r : r + k_len] (relative positions r - q_len + 1 ...); query i needs r = q_len-1-i
-    return table.unfold(0, k_len, 1).flip(0).permute(1, 0, 2)[None]
+    # unfold: row r holds table[r : r + k_len] (relative positions r - q_len + 1 ...); query i needs r = q_len-1-i.
+    # Made contiguous as [1, H, q_len, k_len] (H * q_len * k_len values, once per stack): the permuted view keeps the
+    # heads innermost (strides (., 1, H * k_len, H)), and the mask built from it inherits that layout, so every
+    # layer's softmax would read it with stride H along the keys - scalar, unvectorised code, compiled or eager.
+    return table.unfold(0, k_len, 1).flip(0).permute(1, 0, 2)[None].contiguous()
 
 
 def position_bias(embedding: nn.Embedding, q_pos: torch.Tensor, k_pos: torch.Tensor, *, bidirectional: bool,

@@ -82,31 +82,51 @@ def _liger_token_losses(hidden: torch.Tensor, output_weight: torch.Tensor, targe
 
 def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor,
                          weights: torch.Tensor, mask: torch.Tensor, *, z_loss: float = 0.0, backend: str = "torch",
-                         project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear) -> LossOutput:
+                         project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear,
+                         compiled_sums: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+                         ) -> LossOutput:
     """THE training loss (see the module docstring).
 
     hidden [N, d]: decoder output at the N positions where `mask` [B, L] is True (row-major order), already scaled
     as the output layer expects; output_weight [V, d]; targets, weights [N]: those positions' target ids and loss
     weights. `project(hidden, weight)` computes logits where the backend needs them (`lightning_t5.model.fused.linear`
-    in the model, for its CPU bf16 path). Returns sums (see `LossOutput`); `per_token` is scattered back to [B, L].
+    in the model, for its CPU bf16 path). `compiled_sums`: `torch_loss_sums` compiled, used by the torch kernel
+    (a compiled model's training forward). Returns sums (see `LossOutput`); `per_token` is scattered back to [B, L].
     """
     targets = targets.long()
     weights = weights.float()
     kernel = cross_entropy_kernel(backend, is_cuda=hidden.is_cuda, z_loss=z_loss)
-    if kernel == "liger.FusedLinearCrossEntropy":
-        total, z = _liger_token_losses(hidden, output_weight, targets, z_loss)
-        ce = total - z if z is not None else total
+    if kernel == "torch.cross_entropy":
+        loss_sum, ce, z_sum = (compiled_sums or torch_loss_sums)(hidden, output_weight, targets, weights, z_loss,
+                                                                   project)
     else:
-        logits = project(hidden, output_weight)
-        if kernel == "apex.xentropy":
-            ce, z = _apex_token_losses(logits, targets), None
+        if kernel == "liger.FusedLinearCrossEntropy":
+            total, z = _liger_token_losses(hidden, output_weight, targets, z_loss)
+            ce = total - z if z is not None else total
         else:
-            ce, z = _torch_token_losses(logits, targets, z_loss)
-        total = ce + z if z is not None else ce
+            ce, z = _apex_token_losses(project(hidden, output_weight), targets), None
+            total = ce
+        loss_sum, ce = (total * weights).sum(), ce.detach()
+        z_sum = (z.detach() * weights).sum() if z is not None else loss_sum.detach().new_zeros(())
+    per_token = ce.new_zeros(mask.shape).masked_scatter(mask, ce)
+    return LossOutput(sum=loss_sum, count=weights.sum().detach(), per_token=per_token, z_sum=z_sum)
+
+
+def torch_loss_sums(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                    z_loss: float, project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The torch kernel's part of `masked_cross_entropy` that depends only on the N weighted positions:
+    (sum(w * (CE + z-term)), detached CE [N], detached sum(w * z-term)).
+
+    A compiled model passes this function compiled with N dynamic (`T5.enable_compile`) as `compiled_sums`:
+    inductor then fuses the log-softmax, the target gather, the z-loss and the weighting into two passes over the
+    [N, V] logits forward and one backward, where eager torch writes log-probabilities, zero-fills a gradient of
+    the same size and reads both again (about a third of the output layer's time at the tiny default shape)."""
+    ce, z = _torch_token_losses(project(hidden, output_weight), targets, z_loss)
+    total = ce + z if z is not None else ce
     loss_sum = (total * weights).sum()
     z_sum = (z.detach() * weights).sum() if z is not None else loss_sum.detach().new_zeros(())
-    per_token = ce.detach().new_zeros(mask.shape).masked_scatter(mask, ce.detach())
-    return LossOutput(sum=loss_sum, count=weights.sum().detach(), per_token=per_token, z_sum=z_sum)
+    return loss_sum, ce.detach(), z_sum
 
 
 def hf_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

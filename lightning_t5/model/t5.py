@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import KVCache, T5Attention, combine_bias_and_mask, relative_bias, to_autocast_dtype
 from .config import T5Config
 from .fused import PORTABLE_BACKEND, Dropout, Linear, gelu_tanh_mul, linear, make_rms_norm, resolve_backend
-from .losses import LossOutput, hf_cross_entropy, masked_cross_entropy
+from .losses import LossOutput, hf_cross_entropy, masked_cross_entropy, torch_loss_sums
 
 logger = logging.getLogger("lightning_t5.model")
 
@@ -229,6 +229,7 @@ class T5(nn.Module):
         self.compile_mode: str | None = None  # "model" | "block" once compiled (see enable_compile)
         self._compile_request: str | None = None
         self._compiled_stacks: Any = None
+        self._compiled_loss_sums: Any = None
         self.compile_count = 0  # graphs compiled so far (each new input shape compiles again)
         if cfg.compile is True:
             self.enable_compile()
@@ -312,8 +313,10 @@ class T5(nn.Module):
         that first training forward, and only training forwards (`model.train()`) run compiled code: evaluation
         and generation, whose shapes vary, stay eager, so a run compiles once per distinct training batch shape
         (`compile_count`; one shape for the packed and padded batches of the data pipeline). Parameter names and
-        the state dict are unchanged. The loss after the decoder (the gather of weighted positions, whose count
-        varies, the output projection and the cross-entropy) runs eagerly in both modes."""
+        the state dict are unchanged. After the decoder, the gather of the weighted positions (whose count N varies
+        from batch to batch) runs eagerly; the output projection and the cross-entropy of those N positions
+        (`losses.torch_loss_sums`) are one more graph, compiled with N dynamic, so that a new N does not compile
+        again (with the torch cross-entropy kernel; Liger's and Apex's fused kernels run as they are)."""
         if mode is not None and mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r} is not valid: expected one of {list(COMPILE_MODES)}.")
         self._compile_request = mode or "best"
@@ -339,6 +342,7 @@ class T5(nn.Module):
         else:
             for block in (*self.encoder.block, *self.decoder.block):
                 block.compiled_body = torch.compile(block.body, backend=self._count_compile)
+        self._compiled_loss_sums = torch.compile(torch_loss_sums, backend=self._count_compile)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -515,9 +519,14 @@ class T5(nn.Module):
         if weights is None:
             weights = (targets != self.config.pad_token_id).float()
         mask = weights > 0
-        return masked_cross_entropy(self._output_hidden(decoder_hidden[mask]), self.output_embedding(),
-                                    targets[mask], weights[mask], mask, backend=self.backend, project=linear,
-                                    z_loss=self.config.z_loss if z_loss is None else float(z_loss))
+        hidden, targets, weights = self._output_hidden(decoder_hidden[mask]), targets[mask], weights[mask]
+        compiled_sums = self._compiled_loss_sums if self.training else None
+        if compiled_sums is not None:
+            for t in (hidden, targets, weights):  # N varies from batch to batch: one graph for every N
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+        return masked_cross_entropy(hidden, self.output_embedding(), targets, weights, mask, backend=self.backend,
+                                    project=linear, z_loss=self.config.z_loss if z_loss is None else float(z_loss),
+                                    compiled_sums=compiled_sums)
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs from labels (HF `_shift_right`): prepend the start token, drop the last, -100 -> pad."""
