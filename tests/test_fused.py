@@ -160,8 +160,13 @@ def test_optimizers():
         make_optimizer("sgd", [], lr=1.0)
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
-def test_masked_cross_entropy_sums_weighted_token_losses(z_loss):
+def test_masked_cross_entropy_sums_weighted_token_losses(z_loss, compiled):
+    """Eager, and with `torch_loss_sums` compiled as a compiled T5 passes it (N dynamic)."""
+    from lightning_t5.model.losses import torch_loss_sums
+
+    compiled_sums = torch.compile(torch_loss_sums, dynamic=True) if compiled else None
     torch.manual_seed(3)
     hidden, weight = torch.randn(2, 6, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
     targets = torch.randint(1, 11, (2, 6))
@@ -169,7 +174,8 @@ def test_masked_cross_entropy_sums_weighted_token_losses(z_loss):
     weights[1, 4:] = 0.0
     weights[0, 0] = 0.5
     mask = weights > 0
-    out = masked_cross_entropy(hidden[mask], weight, targets[mask], weights[mask], mask, z_loss=z_loss)
+    out = masked_cross_entropy(hidden[mask], weight, targets[mask], weights[mask], mask, z_loss=z_loss,
+                               compiled_sums=compiled_sums)
     logits = (hidden @ weight.T).reshape(-1, 11)
     ce = torch.nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="none")
     z = z_loss * torch.logsumexp(logits, -1).square()
@@ -289,6 +295,20 @@ def test_liger_fused_linear_cross_entropy_under_triton_interpreter_on_cpu():
 
 
 # -- dropout ------------------------------------------------------------------------------------------------------
+def test_gelu_tanh_mul_compiled_form_is_the_same_function(monkeypatch):
+    """Under torch.compile, gelu_tanh(g) * u is computed as g * sigmoid(2u(g)) * u (exp instead of tanh): the same
+    values and gradients to fp32 rounding, over the range where tanh saturates too."""
+    g = torch.linspace(-12, 12, 4001, dtype=torch.float64).float().requires_grad_()
+    u = torch.randn(4001, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    expected = torch.nn.functional.gelu(g, approximate="tanh") * u
+    expected_grads = torch.autograd.grad(expected.sum(), (g, u))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got = fused.gelu_tanh_mul(g, u, "torch")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(got.sum(), (g, u)), expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.01])
 def test_fast_dropout_rate_scale_and_gradient(p):
     """fused.dropout drops a share p of the elements (quantised to 1/65536), keeps E[out] = x, and its gradient is

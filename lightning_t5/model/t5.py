@@ -84,7 +84,8 @@ class T5DenseActDense(nn.Module):
 
 
 class T5DenseGatedActDense(nn.Module):
-    """wo(act(wi_0 x) * wi_1 x). With T5.1.1's tanh-GELU on the liger backend, act-and-multiply is one Liger kernel."""
+    """wo(act(wi_0 x) * wi_1 x). T5.1.1's tanh-GELU and multiply: `fused.gelu_tanh_mul` (one Liger kernel on the
+    liger backend, an exp-based form under torch.compile)."""
 
     def __init__(self, cfg: T5Config, backend: str = "torch") -> None:
         super().__init__()
@@ -93,13 +94,14 @@ class T5DenseGatedActDense(nn.Module):
         self.wo = Linear(cfg.d_ff, cfg.d_model)
         self.dropout = Dropout(cfg.dropout_rate)
         self.act = _ACTIVATIONS[cfg.activation]
-        self.backend = backend if cfg.activation == "gelu_new" else "torch"
+        self.gelu_tanh = cfg.activation == "gelu_new"
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_autocast_dtype(x)
         # wi_0 and wi_1 as one GEMM against the concatenated weights (faster than two; parameters stay HF's)
         gate, up = linear(x, torch.cat([self.wi_0.weight, self.wi_1.weight])).chunk(2, dim=-1)
-        if self.backend == "liger":
+        if self.gelu_tanh:
             return self.wo(self.dropout(gelu_tanh_mul(gate, up, self.backend)))
         return self.wo(self.dropout(self.act(gate) * up))
 
