@@ -493,8 +493,9 @@ class T5(nn.Module):
     def _encode_decode(self, encoder_input_tokens: torch.Tensor, decoder_input_tokens: torch.Tensor,
                        encoder_segment_ids: torch.Tensor | None, decoder_segment_ids: torch.Tensor | None
                        ) -> torch.Tensor:
-        """Decoder hidden states of a seqio batch: the masks (eager: built once, read by every layer), then both
-        stacks (`_stacks`, compiled as one graph by `enable_compile("model")` in training)."""
+        """Decoder hidden states of a seqio batch: the masks (built once, read by every layer) and the embedding
+        lookups, eager, then both stacks (`_stacks`, compiled as one graph by `enable_compile("model")` in
+        training)."""
         device = encoder_input_tokens.device
         encoder_mask = self.encoder_mask(encoder_input_tokens.shape[1], device, encoder_segment_ids)
         self_mask, cross_mask = self.decoder_masks(decoder_input_tokens.shape[1], device, decoder_segment_ids,
@@ -502,16 +503,18 @@ class T5(nn.Module):
         stacks = self._stacks
         if self._compiled_stacks is not None and self.training:
             stacks = self._compiled_stacks
-        return stacks(encoder_input_tokens, decoder_input_tokens, encoder_mask, self_mask, cross_mask)
+        return stacks(self.shared(encoder_input_tokens), self.shared(decoder_input_tokens), encoder_mask, self_mask,
+                      cross_mask)
 
-    def _stacks(self, encoder_input_tokens: torch.Tensor, decoder_input_tokens: torch.Tensor,
-                encoder_mask: torch.Tensor | None, self_mask: torch.Tensor | None, cross_mask: torch.Tensor | None
-                ) -> torch.Tensor:
-        """Embeddings, encoder and decoder: every matmul of the forward but the output projection. The masks come
-        in as tensors: compiled, each layer's softmax then reads the one materialised mask (inductor would
-        otherwise inline the mask construction, bias gather included, into every layer's softmax passes)."""
-        encoder_hidden, _ = self.encoder(self.shared(encoder_input_tokens), encoder_mask)
-        hidden, _ = self.decoder(self.shared(decoder_input_tokens), self_mask, encoder_hidden, cross_mask)
+    def _stacks(self, encoder_embeds: torch.Tensor, decoder_embeds: torch.Tensor, encoder_mask: torch.Tensor | None,
+                self_mask: torch.Tensor | None, cross_mask: torch.Tensor | None) -> torch.Tensor:
+        """Encoder and decoder: every matmul of the forward but the output projection. The embeddings and the
+        masks come in as tensors. Compiled, each layer's softmax then reads the one materialised mask (inductor
+        would otherwise inline the mask construction, bias gather included, into every layer's softmax passes),
+        and the embedding's backward stays torch's (inductor's scatter-add into the [V, d] gradient took 5x as
+        long at the tiny default shape)."""
+        encoder_hidden, _ = self.encoder(encoder_embeds, encoder_mask)
+        hidden, _ = self.decoder(decoder_embeds, self_mask, encoder_hidden, cross_mask)
         return hidden
 
     def _loss(self, decoder_hidden: torch.Tensor, targets: torch.Tensor | None, weights: torch.Tensor | None,
