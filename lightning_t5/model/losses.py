@@ -99,15 +99,12 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
     if kernel == "torch.cross_entropy":
         loss_sum, ce, z_sum = (compiled_sums or torch_loss_sums)(hidden, output_weight, targets, weights, z_loss,
                                                                    project)
+    elif kernel == "liger.FusedLinearCrossEntropy":
+        total, z = _liger_token_losses(hidden, output_weight, targets, z_loss)
+        loss_sum, ce, z_sum = _weighted_sums(total - z if z is not None else total, z, weights)
     else:
-        if kernel == "liger.FusedLinearCrossEntropy":
-            total, z = _liger_token_losses(hidden, output_weight, targets, z_loss)
-            ce = total - z if z is not None else total
-        else:
-            ce, z = _apex_token_losses(project(hidden, output_weight), targets), None
-            total = ce
-        loss_sum, ce = (total * weights).sum(), ce.detach()
-        z_sum = (z.detach() * weights).sum() if z is not None else loss_sum.detach().new_zeros(())
+        loss_sum, ce, z_sum = _weighted_sums(_apex_token_losses(project(hidden, output_weight), targets), None,
+                                             weights)
     per_token = ce.new_zeros(mask.shape).masked_scatter(mask, ce)
     return LossOutput(sum=loss_sum, count=weights.sum().detach(), per_token=per_token, z_sum=z_sum)
 
@@ -123,6 +120,12 @@ def torch_loss_sums(hidden: torch.Tensor, output_weight: torch.Tensor, targets: 
     [N, V] logits forward and one backward, where eager torch writes log-probabilities, zero-fills a gradient of
     the same size and reads both again (about a third of the output layer's time at the tiny default shape)."""
     ce, z = _torch_token_losses(project(hidden, output_weight), targets, z_loss)
+    return _weighted_sums(ce, z, weights)
+
+
+def _weighted_sums(ce: torch.Tensor, z: torch.Tensor | None, weights: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum(w * (CE + z-term)), detached CE, detached sum(w * z-term)) of per-token CE [N] and z-terms (or None)."""
     total = ce + z if z is not None else ce
     loss_sum = (total * weights).sum()
     z_sum = (z.detach() * weights).sum() if z is not None else loss_sum.detach().new_zeros(())
