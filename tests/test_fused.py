@@ -208,9 +208,32 @@ def test_masked_cross_entropy_sums_weighted_token_losses(z_loss, compiled):
     torch.testing.assert_close(out.loss, expected / 9.5)
     torch.testing.assert_close(out.z_loss, (z * weights.reshape(-1)).sum() / 9.5)
     torch.testing.assert_close(out.per_token.reshape(-1), ce.detach() * mask.reshape(-1))
-    (g_out,) = torch.autograd.grad(out.sum, weight)
-    (g_ref,) = torch.autograd.grad(expected, weight)
-    torch.testing.assert_close(g_out, g_ref)
+    for g_out, g_ref in zip(torch.autograd.grad(out.sum, (hidden, weight)), torch.autograd.grad(expected,
+                                                                                              (hidden, weight))):
+        torch.testing.assert_close(g_out, g_ref)
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_eager_cpu_cross_entropy_is_torch_loss_sums(z_loss):
+    """The eager fp32 CPU path (`_CPULinearCrossEntropy`, gradient formed in place) and autograd through
+    `torch_loss_sums`: the same sums, per-token CE and gradients; float64 gradcheck of the hand-written backward."""
+    from lightning_t5.model.losses import _CPULinearCrossEntropy, torch_loss_sums
+
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(37, 16, generator=g, requires_grad=True)
+    weight = torch.randn(53, 16, generator=g, requires_grad=True)
+    targets, weights = torch.randint(0, 53, (37,), generator=g), torch.rand(37, generator=g) + 0.1
+    fast = _CPULinearCrossEntropy.apply(hidden, weight, targets, weights, z_loss)
+    ref = torch_loss_sums(hidden, weight, targets, weights, z_loss)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b)
+    upstream = torch.tensor(0.7)
+    for a, b in zip(torch.autograd.grad(fast[0], (hidden, weight), upstream),
+                    torch.autograd.grad(ref[0], (hidden, weight), upstream)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda h, w: _CPULinearCrossEntropy.apply(h, w, targets, weights.double(), z_loss)[0], (h64, w64))
 
 
 def test_kernel_line_names_what_runs_and_is_logged_once(caplog):

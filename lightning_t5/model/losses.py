@@ -21,7 +21,7 @@ the global batch (`lightning_t5.train.module`), and `T5.loss` divides by the loc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,44 @@ def _torch_token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: flo
     return ce, z
 
 
+class _CPULinearCrossEntropy(torch.autograd.Function):
+    """`torch_loss_sums` for eager fp32 CPU training, with a backward of one pass over [N, V] before the products.
+
+    Autograd's backward of log_softmax + nll zero-fills a [N, V] gradient, scatters into it and runs
+    log_softmax_backward (reading two [N, V] tensors, writing a third), then multiplies every row by its loss
+    weight. Here the backward turns the saved log-probabilities into softmax - one-hot (one exp pass) and
+    applies the per-row scale s = w * upstream to the [N, d] sides of the two products instead of the [N, V] one:
+    grad_hidden = s * (G @ W), grad_W = G^T @ (s * hidden). Same function, same gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                z_loss: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = hidden @ weight.t()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        ce = log_probs.gather(1, targets[:, None]).squeeze_(1).neg_()
+        lse = torch.logsumexp(logits, dim=-1) if z_loss else None
+        del logits
+        loss_sum, ce, z_sum = _weighted_sums(ce, z_loss * lse.square() if lse is not None else None, weights)
+        ctx.save_for_backward(hidden, weight, targets, weights, log_probs, lse)
+        ctx.z_loss = z_loss
+        ctx.mark_non_differentiable(ce, z_sum)
+        return loss_sum, ce, z_sum
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_sum: torch.Tensor, _grad_ce: Any, _grad_z: Any
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
+        hidden, weight, targets, weights, log_probs, lse = ctx.saved_tensors
+        grad = log_probs.exp()  # softmax (a new buffer: the saved one must survive a retain_graph backward)
+        if lse is not None:  # d(z * lse^2)/dlogits = 2 z lse softmax
+            grad.mul_((1.0 + 2.0 * ctx.z_loss * lse)[:, None])
+        grad.scatter_add_(1, targets[:, None], grad.new_full((len(targets), 1), -1.0))
+        scale = (weights * grad_sum)[:, None]
+        grad_hidden = (grad @ weight).mul_(scale) if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ (hidden * scale) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None
+
+
 def _apex_token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     from apex.contrib.xentropy import SoftmaxCrossEntropyLoss  # type: ignore[import-not-found]
 
@@ -96,7 +134,9 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
     targets = targets.long()
     weights = weights.float()
     kernel = cross_entropy_kernel(backend, is_cuda=hidden.is_cuda, z_loss=z_loss)
-    if kernel == "torch.cross_entropy":
+    if kernel == "torch.cross_entropy" and compiled_sums is None and _eager_cpu_fp32(hidden, output_weight):
+        loss_sum, ce, z_sum = _CPULinearCrossEntropy.apply(hidden, output_weight, targets, weights, float(z_loss))
+    elif kernel == "torch.cross_entropy":
         loss_sum, ce, z_sum = (compiled_sums or torch_loss_sums)(hidden, output_weight, targets, weights, z_loss,
                                                                    project)
     elif kernel == "liger.FusedLinearCrossEntropy":
@@ -107,6 +147,12 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
                                              weights)
     per_token = ce.new_zeros(mask.shape).masked_scatter(mask, ce)
     return LossOutput(sum=loss_sum, count=weights.sum().detach(), per_token=per_token, z_sum=z_sum)
+
+
+def _eager_cpu_fp32(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where `_CPULinearCrossEntropy` runs: CPU, fp32 operands, no autocast, not being traced by torch.compile."""
+    return (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def torch_loss_sums(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
