@@ -8,7 +8,9 @@ against this machine's matmul rate measured in the same run.
 
 Each run (preset @ batch x encoder length x decoder length) is one worker process that
 1. measures the matmul rate (`bench/peak.py`: one 2048^2 product, and the step's own products; bf16 only where the
-   hardware has bf16 arithmetic), before and after the timing, keeping the higher of the two;
+   hardware has bf16 arithmetic) before and after the timing, and the 2048^2 rate after every round too, keeping
+   the highest of each (a burst of load on a shared machine that lasts through one measurement then cannot make
+   the reference low and the shares high);
 2. builds the four configurations from the same seed-0 weights: ours eager (`model.compile=false`), ours compiled
    (`model.compile=true`: `BEST_COMPILE_MODE` for the device, or each of `--compile-modes`), transformers eager,
    transformers compiled (`torch.compile(model)`, what its Trainer does with `torch_compile=True`);
@@ -153,6 +155,13 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, str, str | None]
     return rows
 
 
+def square_rates(args: argparse.Namespace, device) -> dict[str, dict[str, float]]:
+    """The square-product rates only (a second or so): measured between the timed rounds."""
+    import peak
+
+    return peak.measure(device, [args.dtype], squares=(256,) if args.dry_run else None)
+
+
 def measured_rates(args: argparse.Namespace, cfg, device) -> dict[str, dict[str, float]]:
     import peak
 
@@ -191,6 +200,7 @@ def worker_time(args: argparse.Namespace) -> dict:
             compiles[label] = {"mode": model.compile_mode, "graphs": model.compile_count}
             models[label] = model
         times[label] = []
+    measurements = [rates_before]
     for _ in range(args.rounds):
         for label in steps:
             sync(device)
@@ -199,11 +209,12 @@ def worker_time(args: argparse.Namespace) -> dict:
                 steps[label]()
             sync(device)
             times[label].append((time.perf_counter() - start) / args.steps)
+        measurements.append(square_rates(args, device))  # the 2048^2 rate after every round as well
     for label, info in compiles.items():  # a recompilation during the timed rounds shows here
         info["recompiled_while_timed"] = models[label].compile_count - info["graphs"]
-    rates_after = measured_rates(args, rate_cfg, device)
-    rates = {dtype: {key: max(value, rates_after[dtype][key]) for key, value in values.items()}
-             for dtype, values in rates_before.items()}
+    measurements.append(measured_rates(args, rate_cfg, device))
+    rates = {dtype: {key: max(m[dtype][key] for m in measurements if key in m.get(dtype, {}))
+                     for key in values} for dtype, values in rates_before.items()}
     tokens = args.batch * (args.enc_len + args.dec_len)
     flops = training_flops_per_sequence(cfg, args.enc_len, args.dec_len) * args.batch
     result = {"config": args.config, "batch": args.batch, "enc_len": args.enc_len, "dec_len": args.dec_len,

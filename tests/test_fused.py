@@ -118,7 +118,7 @@ def test_torch_rmsnorm_matches_reference(shape):
 
 @pytest.mark.parametrize("shape", [(3, 5, 16), (2, 16)])
 def test_torch_rmsnorm_cpu_backward_is_the_reference_gradient(shape):
-    """Eager CPU training runs `_CPURMSNorm` (closed-form backward): its gradients are the reference module's
+    """Eager CPU training runs `CPURMSNorm` (closed-form backward): its gradients are the reference module's
     (autograd through T5's formula), and its backward passes gradcheck in float64."""
     torch.manual_seed(0)
     ref, fast = T5RMSNorm(16, 1e-6), TorchRMSNorm(16, 1e-6)
@@ -128,13 +128,13 @@ def test_torch_rmsnorm_cpu_backward_is_the_reference_gradient(shape):
     x = torch.randn(shape, requires_grad=True)
     grad = torch.randn(shape)
     out = fast(x)
-    assert type(out.grad_fn).__name__ == "_CPURMSNormBackward"
+    assert type(out.grad_fn).__name__ == "CPURMSNormBackward"
     expected = torch.autograd.grad(ref(x), (x, ref.weight), grad)
     for got, want in zip(torch.autograd.grad(out, (x, fast.weight), grad), expected):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     x64 = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     w64 = torch.randn(16, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: fused._CPURMSNorm.apply(a, b, 1e-6), (x64, w64))
+    assert torch.autograd.gradcheck(lambda a, b: fused.CPURMSNorm.apply(a, b, 1e-6), (x64, w64))
     with torch.no_grad():  # evaluation: torch's kernel
         assert fast(x).grad_fn is None
 
@@ -215,15 +215,15 @@ def test_masked_cross_entropy_sums_weighted_token_losses(z_loss, compiled):
 
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
 def test_eager_cpu_cross_entropy_is_torch_loss_sums(z_loss):
-    """The eager fp32 CPU path (`_CPULinearCrossEntropy`, gradient formed in place) and autograd through
+    """The eager fp32 CPU path (`CPULinearCrossEntropy`, gradient formed in place) and autograd through
     `torch_loss_sums`: the same sums, per-token CE and gradients; float64 gradcheck of the hand-written backward."""
-    from lightning_t5.model.losses import _CPULinearCrossEntropy, torch_loss_sums
+    from lightning_t5.model.losses import CPULinearCrossEntropy, torch_loss_sums
 
     g = torch.Generator().manual_seed(5)
     hidden = torch.randn(37, 16, generator=g, requires_grad=True)
     weight = torch.randn(53, 16, generator=g, requires_grad=True)
     targets, weights = torch.randint(0, 53, (37,), generator=g), torch.rand(37, generator=g) + 0.1
-    fast = _CPULinearCrossEntropy.apply(hidden, weight, targets, weights, z_loss)
+    fast = CPULinearCrossEntropy.apply(hidden, weight, targets, weights, z_loss)
     ref = torch_loss_sums(hidden, weight, targets, weights, z_loss)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b)
@@ -233,15 +233,18 @@ def test_eager_cpu_cross_entropy_is_torch_loss_sums(z_loss):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda h, w: _CPULinearCrossEntropy.apply(h, w, targets, weights.double(), z_loss)[0], (h64, w64))
+        lambda h, w: CPULinearCrossEntropy.apply(h, w, targets, weights.double(), z_loss)[0], (h64, w64))
 
 
 def test_kernel_line_names_what_runs_and_is_logged_once(caplog):
     model = T5(T5Config(**SMALL, fused="torch"))
     opt = make_optimizer("adamw", model.parameters(), lr=1e-3, backend=model.backend)
     line = fused.describe_kernels(model, opt)
-    assert line == ("kernels: backend=torch, rms_norm=torch.F.rms_norm, gated_ff=torch, "
-                    "cross_entropy=torch.cross_entropy, optimizer=torch.AdamW(fused=True)")
+    assert line == ("kernels: backend=torch, rms_norm=lightning_t5.CPURMSNorm, gated_ff=torch, "
+                    "cross_entropy=lightning_t5.CPULinearCrossEntropy, optimizer=torch.AdamW(fused=True)")
+    model.enable_compile("model")  # compiled training runs inductor's code for the norm, the gate and the loss
+    assert fused.describe_kernels(model).startswith("kernels: backend=torch, rms_norm=torch.F.rms_norm, "
+                                                    "gated_ff=inductor, cross_entropy=inductor(torch.cross_entropy)")
     reference = T5(T5Config(**SMALL, fused="none"))
     assert "rms_norm=reference(T5LayerNorm)" in fused.describe_kernels(reference)
     assert "optimizer=torch.AdamW" in fused.describe_kernels(

@@ -155,7 +155,7 @@ class T5RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class _CPURMSNorm(torch.autograd.Function):
+class CPURMSNorm(torch.autograd.Function):
     """RMSNorm with weight, fp32, for eager CPU training: on CPU `F.rms_norm` is composite, and autograd runs
     ~15 elementwise ops through its graph for the backward (4 ms for a [4096, 128] forward + backward). Here the
     forward keeps x * rstd and rstd, and the backward is the closed form, dx = rstd * (g w - x_hat * mean(g w x_hat))
@@ -182,7 +182,7 @@ class _CPURMSNorm(torch.autograd.Function):
 
 class TorchRMSNorm(T5RMSNorm):
     """`F.rms_norm` (one fused kernel on CUDA) with the same fp32 semantics as `T5RMSNorm`; eager CPU training
-    runs `_CPURMSNorm` (the same function with a cheaper backward).
+    runs `CPURMSNorm` (the same function with a cheaper backward).
 
     torch's RMSNorm returns the input dtype under autocast; T5 keeps fp32, so the input is upcast first and the
     weight applied afterwards in the weight's dtype. `eps` is passed explicitly (torch's default is machine epsilon).
@@ -195,7 +195,7 @@ class TorchRMSNorm(T5RMSNorm):
             return weight * normed.to(weight.dtype)
         if (hidden_states.device.type == "cpu" and weight.dtype == torch.float32 and torch.is_grad_enabled()
                 and not torch.compiler.is_compiling()):
-            return _CPURMSNorm.apply(hidden_states.float(), weight, self.eps)
+            return CPURMSNorm.apply(hidden_states.float(), weight, self.eps)
         return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight=weight.float(), eps=self.eps)
 
 
@@ -434,18 +434,30 @@ def _kernel_name(obj: Any) -> str:
     return f"{root}.{cls.__name__}"
 
 
-def describe_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str:
-    """One line naming the kernels a built T5 (and optimizer) actually run, read off the objects themselves."""
+def describe_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, autocast: bool = False) -> str:
+    """One line naming the kernels a built T5 (and optimizer) actually run, read off the objects themselves;
+    `autocast`: the trainer runs the model under autocast (a mixed precision)."""
     backend = getattr(model, "backend", "none")
     config = getattr(model, "config", None)
+    weight = next(model.parameters())
+    compiled = bool(getattr(model, "compile_mode", None) or getattr(model, "_compile_request", None))
+    # eager fp32 CPU training runs this module's closed-form backwards (TorchRMSNorm, losses.masked_cross_entropy)
+    cpu_eager = weight.device.type == "cpu" and weight.dtype == torch.float32 and not compiled
     norm = next((m for m in model.modules() if m.__class__.__name__.endswith("RMSNorm")), None)
-    parts = [f"backend={backend}", f"rms_norm={_kernel_name(norm) if norm is not None else 'none'}"]
+    norm_name = _kernel_name(norm) if norm is not None else "none"
+    if isinstance(norm, TorchRMSNorm) and cpu_eager:
+        norm_name = "lightning_t5.CPURMSNorm"
+    parts = [f"backend={backend}", f"rms_norm={norm_name}"]
     if config is not None and config.is_gated:
-        geglu = backend == "liger" and config.activation == "gelu_new" and model.shared.weight.is_cuda
-        parts.append(f"gated_ff={'liger.GELUMul' if geglu else 'torch'}")
-    is_cuda = bool(next(model.parameters()).is_cuda)
-    parts.append("cross_entropy=" + cross_entropy_kernel(backend, is_cuda=is_cuda,
-                                                          z_loss=float(getattr(config, "z_loss", 0.0) or 0.0)))
+        geglu = backend == "liger" and config.activation == "gelu_new" and weight.is_cuda
+        parts.append(f"gated_ff={'liger.GELUMul' if geglu else 'inductor' if compiled else 'torch'}")
+    ce = cross_entropy_kernel(backend, is_cuda=weight.is_cuda, z_loss=float(getattr(config, "z_loss", 0.0) or 0.0))
+    if ce == "torch.cross_entropy" and compiled:
+        ce = "inductor(torch.cross_entropy)"
+    elif (ce == "torch.cross_entropy" and cpu_eager and not autocast
+          and getattr(config, "autocast_dtype", None) is None):
+        ce = "lightning_t5.CPULinearCrossEntropy"
+    parts.append("cross_entropy=" + ce)
     if optimizer is not None:
         parts.append(f"optimizer={_kernel_name(optimizer)}")
     return "kernels: " + ", ".join(parts)
@@ -454,9 +466,9 @@ def describe_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None =
 _LOGGED: set[str] = set()
 
 
-def log_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str:
+def log_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, autocast: bool = False) -> str:
     """Log `describe_kernels` on `lightning_t5.model.fused` at INFO, once per distinct line in this process."""
-    line = describe_kernels(model, optimizer)
+    line = describe_kernels(model, optimizer, autocast)
     if line not in _LOGGED:
         _LOGGED.add(line)
         logger.info(line)

@@ -62,7 +62,7 @@ def _torch_token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: flo
     return ce, z
 
 
-class _CPULinearCrossEntropy(torch.autograd.Function):
+class CPULinearCrossEntropy(torch.autograd.Function):
     """`torch_loss_sums` for eager fp32 CPU training, with a backward of one pass over [N, V] before the products.
 
     Autograd's backward of log_softmax + nll zero-fills a [N, V] gradient, scatters into it and runs
@@ -135,7 +135,7 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
     weights = weights.float()
     kernel = cross_entropy_kernel(backend, is_cuda=hidden.is_cuda, z_loss=z_loss)
     if kernel == "torch.cross_entropy" and compiled_sums is None and _eager_cpu_fp32(hidden, output_weight):
-        loss_sum, ce, z_sum = _CPULinearCrossEntropy.apply(hidden, output_weight, targets, weights, float(z_loss))
+        loss_sum, ce, z_sum = CPULinearCrossEntropy.apply(hidden, output_weight, targets, weights, float(z_loss))
     elif kernel == "torch.cross_entropy":
         loss_sum, ce, z_sum = (compiled_sums or torch_loss_sums)(hidden, output_weight, targets, weights, z_loss,
                                                                    project)
@@ -150,7 +150,7 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
 
 
 def _eager_cpu_fp32(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Where `_CPULinearCrossEntropy` runs: CPU, fp32 operands, no autocast, not being traced by torch.compile."""
+    """Where `CPULinearCrossEntropy` runs: CPU, fp32 operands, no autocast, not being traced by torch.compile."""
     return (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 

@@ -194,7 +194,8 @@ class T5LightningModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optim = dict(self.hparams["optim"])
         optimizer = build_optimizer(self.model, optim)
-        log_kernels(self.model, optimizer)
+        mixed = self._trainer is not None and "mixed" in str(self._trainer.precision)
+        log_kernels(self.model, optimizer, autocast=mixed)
         schedule = lr_lambda(optim.get("schedule", "constant"), warmup_steps=int(optim.get("warmup_steps", 0)),
                              total_steps=int(self.hparams["total_steps"]),
                              min_lr_ratio=float(optim.get("min_lr_ratio", 0.0) or 0.0))
