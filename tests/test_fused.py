@@ -242,8 +242,9 @@ def test_kernel_line_names_what_runs_and_is_logged_once(caplog):
     line = fused.describe_kernels(model, opt)
     assert line == ("kernels: backend=torch, rms_norm=lightning_t5.CPURMSNorm, gated_ff=torch, "
                     "cross_entropy=lightning_t5.CPULinearCrossEntropy, optimizer=torch.AdamW(fused=True)")
-    model.enable_compile("model")  # compiled training runs inductor's code for the norm, the gate and the loss
-    assert fused.describe_kernels(model).startswith("kernels: backend=torch, rms_norm=torch.F.rms_norm, "
+    compiled = T5(T5Config(**SMALL, fused="torch"))
+    compiled.enable_compile("model")  # compiled training runs inductor's code for the norm, the gate and the loss
+    assert fused.describe_kernels(compiled).startswith("kernels: backend=torch, rms_norm=torch.F.rms_norm, "
                                                     "gated_ff=inductor, cross_entropy=inductor(torch.cross_entropy)")
     reference = T5(T5Config(**SMALL, fused="none"))
     assert "rms_norm=reference(T5LayerNorm)" in fused.describe_kernels(reference)

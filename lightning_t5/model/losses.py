@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .fused import cross_entropy_kernel
+from .fused import cross_entropy_kernel, linear
 
 
 @dataclass
@@ -134,7 +134,8 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
     targets = targets.long()
     weights = weights.float()
     kernel = cross_entropy_kernel(backend, is_cuda=hidden.is_cuda, z_loss=z_loss)
-    if kernel == "torch.cross_entropy" and compiled_sums is None and _eager_cpu_fp32(hidden, output_weight):
+    if (kernel == "torch.cross_entropy" and compiled_sums is None and project in (F.linear, linear)
+            and _eager_cpu_fp32(hidden, output_weight)):
         loss_sum, ce, z_sum = CPULinearCrossEntropy.apply(hidden, output_weight, targets, weights, float(z_loss))
     elif kernel == "torch.cross_entropy":
         loss_sum, ce, z_sum = (compiled_sums or torch_loss_sums)(hidden, output_weight, targets, weights, z_loss,
@@ -150,7 +151,8 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
 
 
 def _eager_cpu_fp32(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Where `CPULinearCrossEntropy` runs: CPU, fp32 operands, no autocast, not being traced by torch.compile."""
+    """Where `CPULinearCrossEntropy` runs (for a plain projection, not e.g. DoReMi's identity on logits): CPU, fp32
+    operands, no autocast, not being traced by torch.compile."""
     return (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 

@@ -511,7 +511,7 @@ class T5(nn.Module):
         """Encoder and decoder: every matmul of the forward but the output projection. The embeddings and the
         masks come in as tensors. Compiled, each layer's softmax then reads the one materialised mask (inductor
         would otherwise inline the mask construction, bias gather included, into every layer's softmax passes),
-        and the embedding's backward stays torch's (inductor's scatter-add into the [V, d] gradient took 5x as
+        and the embedding's backward stays torch's (inductor's scatter-add into the [V, d] gradient took ~3x as
         long at the tiny default shape)."""
         encoder_hidden, _ = self.encoder(encoder_embeds, encoder_mask)
         hidden, _ = self.decoder(decoder_embeds, self_mask, encoder_hidden, cross_mask)
