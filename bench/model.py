@@ -129,11 +129,16 @@ def make_step(impl, model, optimizer, batch, args, device):
 def setup_numerics(args: argparse.Namespace) -> None:
     """CPU: flush denormals to zero (one process-wide switch: all configurations alike). Peaky first softmaxes
     make denormal gradients, which slow CPU matmuls ~25x: the benchmark would measure denormal arithmetic instead
-    of the models. TPUs and GPU tensor cores flush them anyway."""
+    of the models. TPUs and GPU tensor cores flush them anyway. And the host allocator `train.py` sets for CPU
+    runs (`lightning_t5.train.host_memory`: freed activations keep their pages), for every configuration alike."""
     import torch
+
+    from lightning_t5.train.host_memory import keep_freed_memory
 
     if args.device == "cpu" and args.flush_denormal:
         torch.set_flush_denormal(True)
+    if args.device == "cpu":
+        keep_freed_memory()
 
 
 def sync(device) -> None:
@@ -355,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         args.runs, args.steps, args.rounds, args.warmup = DRY_RUN, 1, 1, 1
     print(f"device={args.device} rounds={args.rounds}x{args.steps} steps (+{args.warmup} first steps, best round), "
           f"fused={args.fused}, flush_denormal={args.flush_denormal and args.device == 'cpu'}, "
+          f"{'host allocator as train.py sets it on CPU, ' if args.device == 'cpu' else ''}"
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     results: list[dict] = []
     for run in args.runs.split(","):

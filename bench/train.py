@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from lightning_t5 import T5, T5Config
     from lightning_t5.model.flops import training_flops_per_sequence
     from lightning_t5.model.hf import seqio_features
+    from lightning_t5.train.host_memory import keep_freed_memory
 
     torch.set_flush_denormal(True)  # process-wide: all runs alike
+    keep_freed_memory()  # as train.py on CPU: all runs alike
     torch.manual_seed(args.seed)
     seq = {"inputs": 128, "targets": 32}
     examples = draw_examples(args.examples, seq, args.seed)
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     print(f"default_with_corpus, {len(examples)} examples in {len(groups)} optimizer steps of {args.batch_size} "
           f"(length-grouped as Trainer(group_by_length=True)), {effective:,} effective tokens, Adafactor for all, "
-          f"flush_denormal for all, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+          f"flush_denormal and train.py's host allocator settings for all, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"params: ours {n_ours:,}, transformers {n_hf:,}; fp32 matmul rate at 2048^2 measured now: "
           f"{rate / 1e9:.1f} GFLOP/s")
     shapes = {"packed": f"{sum(len(b['encoder_input_tokens']) for b in packed)} packed rows, "

@@ -27,6 +27,7 @@ from lightning_t5.errors import CheckpointError
 from lightning_t5.eval.evaluation import eval_details, render_run_results, write_json, write_predictions
 from lightning_t5.eval.truncation import report_for_run
 from lightning_t5.model.t5 import T5
+from lightning_t5.train.host_memory import keep_freed_memory
 from lightning_t5.train.setup import RunSetup, plain, resolve_run_config, write_text_durably
 from mixtures import MixtureError
 from mixtures.shares import render_shares_markdown
@@ -97,7 +98,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     datamodule.prepare_training_data()
     _check_resume_data(cfg, setup, datamodule)  # a refused resume stops here: nothing in the run directory changed
     truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
-    _seed_and_precision(cfg)
+    _process_settings(cfg)
     module = _build_module(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
     interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
@@ -138,13 +139,16 @@ def _check_resume_data(cfg: DictConfig, setup: RunSetup, datamodule: Any) -> Non
         raise CheckpointError(f"resume={cfg.resume}: {err}{budget}") from None
 
 
-def _seed_and_precision(cfg: DictConfig) -> None:
+def _process_settings(cfg: DictConfig) -> None:
+    """Seeds, matmul precision and, training on CPU, the host allocator (`lightning_t5.train.host_memory`)."""
     import pytorch_lightning as pl
     import torch
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.trainer.matmul_precision:
         torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
+    if not _on_gpu(cfg):
+        log.info(keep_freed_memory())
 
 
 def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:
