@@ -179,6 +179,7 @@ def test_console_is_quiet_and_names_the_run_directory_first(tmp_path: Path) -> N
     """`python train.py`: no Lightning advert, no `datasets` Map/Generating bars, no "Total length of `list`" warning
     for a run without evaluation tasks; the run directory is printed before training starts."""
     import os
+    import platform
     import subprocess
     import sys
 
@@ -195,6 +196,12 @@ def test_console_is_quiet_and_names_the_run_directory_first(tmp_path: Path) -> N
     for noise in ("💡", "litlogger", "litmodels", "Map:", "Generating train split", "Total length of"):
         assert noise not in console, (noise, console[-3000:])
     assert proc.stdout.index(f"run directory: {tmp_path / 'quiet'}") < proc.stdout.index("training (Ctrl-C")
+    # what runs is on the console, not only in a logger nobody configured: the kernels, and on CPU the allocator
+    assert proc.stdout.count("kernels: backend=torch, rms_norm=lightning_t5.CPURMSNorm") == 1, proc.stdout[-3000:]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert proc.stdout.count("host memory: glibc malloc keeps freed memory") == 1, proc.stdout[-3000:]
+    results = (tmp_path / "quiet" / "results.md").read_text()  # no evaluation: said so, and no empty table
+    assert "No task was evaluated (eval.tasks is empty" in results and "| task | metric" not in results, results[:1500]
 
 
 def test_a_launch_that_fails_before_its_first_step_leaves_no_run_directory(tmp_path: Path) -> None:

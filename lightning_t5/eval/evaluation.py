@@ -471,16 +471,19 @@ def write_json(path: str | Path, payload: Any) -> None:
 def render_run_results(cfg: Any, result: Mapping[str, Any], with_before: bool) -> str:
     """results.md of one run: header with the real evaluation counts, the metrics table, truncation report."""
     counts = result.get("num_examples") or {}
-    count_text = ", ".join(f"{t} {n}" for t, n in sorted(counts.items())) or "none"
+    count_text = ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))
+    what = (f"Metrics on the {result.get('eval_split') or cfg.eval.split} split ({count_text} examples), with "
+            f"95 % bootstrap intervals over the examples ({N_RESAMPLES} resamples; they hold this model fixed, "
+            "see docs/experiments.md); \"majority class\" is the score of always predicting the train split's "
+            "most frequent target (before = the untrained model at step 0; `rank_*` = rank classification)."
+            if counts else "No task was evaluated (eval.tasks is empty, or the mixture has no supervised task).")
     header = (f"# Run {cfg.run_name}\n\nmixture `{cfg.mixture}`, model `{cfg.model.name}`, "
               f"{result['steps']} steps, {result['tokens']:,} effective tokens, {result['wall_time_s']:.0f} s. "
-              f"Metrics on the {result.get('eval_split') or cfg.eval.split} split ({count_text} examples), with "
-              f"95 % bootstrap intervals over the examples ({N_RESAMPLES} resamples; they hold this model fixed, "
-              "see docs/experiments.md); \"majority class\" is the score of always predicting the train split's "
-              "most frequent target (before = the untrained model at step 0; `rank_*` = rank classification).\n\n")
+              f"{what}\n\n")
     table = format_metrics_table(result["metrics"], result["metrics_before"] if with_before else None,
                                  result["averages"], result["averages_before"] if with_before else None,
-                                 ci=result.get("ci") or {}, counts=counts, majority=result.get("majority") or {})
+                                 ci=result.get("ci") or {}, counts=counts, majority=result.get("majority") or {}
+                                 ) if result["metrics"] else ""
     gen = result.get("max_new_tokens") or {}
     gen_text = ("\nGenerated up to " + ", ".join(f"{t} {n}" for t, n in sorted(gen.items())) + " tokens per task "
                 f"(eval.max_new_tokens={cfg.eval.max_new_tokens}; null = each task's longest target).\n") if gen else ""

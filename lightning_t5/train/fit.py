@@ -98,7 +98,7 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     datamodule.prepare_training_data()
     _check_resume_data(cfg, setup, datamodule)  # a refused resume stops here: nothing in the run directory changed
     truncation = report_for_run(setup.mixture, cfg)  # share of each task cut by data.sequence_length
-    _process_settings(cfg)
+    host_memory = _process_settings(cfg)
     module = _build_module(cfg, setup)
     train_log = TrainLog(Path(cfg.run_dir) / "train_log.jsonl")
     interrupt = InterruptCheckpoint(Path(cfg.run_dir) / "checkpoints")
@@ -107,6 +107,8 @@ def fit(cfg: Any, callbacks: Sequence[Any] = (), overrides: Sequence[str] | None
     trainer = _build_trainer(cfg, [mixing, train_log, interrupt, agreement, *callbacks], train_log,
                              evaluates=bool(setup.eval_tasks))
     created = _create_run_dir(trainer, cfg)
+    if host_memory:
+        _phase(trainer, host_memory)
     try:
         before = _evaluate_before_training(trainer, module, datamodule, cfg, setup)
         _train(trainer, module, datamodule, setup, interrupt)
@@ -139,16 +141,20 @@ def _check_resume_data(cfg: DictConfig, setup: RunSetup, datamodule: Any) -> Non
         raise CheckpointError(f"resume={cfg.resume}: {err}{budget}") from None
 
 
-def _process_settings(cfg: DictConfig) -> None:
-    """Seeds, matmul precision and, training on CPU, the host allocator (`lightning_t5.train.host_memory`)."""
+def _process_settings(cfg: DictConfig) -> str | None:
+    """Seeds, matmul precision and, training on CPU, the host allocator (`lightning_t5.train.host_memory`; its
+    line is returned for the console)."""
     import pytorch_lightning as pl
     import torch
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.trainer.matmul_precision:
         torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
-    if not _on_gpu(cfg):
-        log.info(keep_freed_memory())
+    if _on_gpu(cfg):
+        return None
+    line = keep_freed_memory()
+    log.info(line)
+    return line
 
 
 def _build_module(cfg: DictConfig, setup: RunSetup) -> Any:

@@ -67,5 +67,5 @@ def _apply() -> str:
     done = mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     if not done:
         return "host memory: glibc refused mallopt; freed activations are page-faulted in again every step"
-    return ("host memory: glibc malloc keeps freed memory (no mmap, no trimming below 2 GB free): "
-            "a step's activations reuse the last step's pages instead of page-faulting in new ones")
+    return ("host memory: glibc malloc keeps freed memory for the next step (no mmap; trims only above 2 GB free), "
+            "so activations are not page-faulted in again every step")

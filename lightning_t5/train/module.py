@@ -195,7 +195,9 @@ class T5LightningModule(pl.LightningModule):
         optim = dict(self.hparams["optim"])
         optimizer = build_optimizer(self.model, optim)
         mixed = self._trainer is not None and "mixed" in str(self._trainer.precision)
-        log_kernels(self.model, optimizer, autocast=mixed)
+        line = log_kernels(self.model, optimizer, autocast=mixed)  # logged, and printed on rank 0 of a Trainer
+        if self._trainer is not None:
+            self._say(line)
         schedule = lr_lambda(optim.get("schedule", "constant"), warmup_steps=int(optim.get("warmup_steps", 0)),
                              total_steps=int(self.hparams["total_steps"]),
                              min_lr_ratio=float(optim.get("min_lr_ratio", 0.0) or 0.0))
