@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.utils import write_text_atomic
+
 from .errors import MixtureError
 
 #: Where a stage came from (``source``): the config's rates, ``mixing.stages``, or an adaptive method's name.
@@ -208,16 +210,10 @@ def fixed_stages(stages: Stages, entries: Sequence[Mapping[str, Any]] | None) ->
 
 # ---------------------------------------------------------------------------------------------- run files
 def write_run_file(run_dir: str | Path, payload: Mapping[str, Any]) -> Path:
-    """``run_dir/mixing.json`` (stages and per-block shares), written durably: temp file, fsync, rename."""
-    import os
-
+    """``run_dir/mixing.json`` (stages and per-block shares), written durably (`tasks.utils.write_text_atomic`: temp
+    file, fsync, rename, fsync of the folder)."""
     path = Path(run_dir) / RUN_FILE
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1, allow_nan=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False))
     return path
 
 

@@ -125,3 +125,38 @@ def test_explicit_generation_length_that_cuts_targets_is_warned(tiny_run: dict, 
                      "--max-new-tokens", "1", "--out", str(tmp_path / "o")]) == 0
     assert "eval.max_new_tokens=1 is shorter than 100.0% of the targets" in caplog.text
     assert strict_json(tmp_path / "o" / "metrics.json")["max_new_tokens"] == {"glue_mrpc": 1}
+
+
+@pytest.mark.parametrize("writer", ["metrics", "run_config", "mixing"])
+def test_run_directory_files_are_written_durably(writer: str, tmp_path: Path, monkeypatch) -> None:
+    """metrics.json, config.yaml and mixing.json (an experiment's resume reads them back) go through one durable
+    writer: the file's data and the folder entry are fsynced, and no temporary file is left beside them."""
+    import json
+    import os
+
+    import tasks.utils
+    from lightning_t5.eval.evaluation import write_json
+    from lightning_t5.train.setup import write_text_durably
+    from mixtures.stages import write_run_file
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else str(fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(tasks.utils.os, "fsync", fsync)
+    if writer == "metrics":
+        path = tmp_path / "metrics.json"
+        write_json(path, {"score": float("nan"), "n": 3})
+        assert json.loads(path.read_text()) == {"n": 3, "score": None}
+    elif writer == "run_config":
+        path = tmp_path / "config.yaml"
+        write_text_durably(path, "seed: 42\n")
+        assert path.read_text() == "seed: 42\n"
+    else:
+        path = write_run_file(tmp_path, {"every": 4})
+        assert json.loads(path.read_text()) == {"every": 4}
+    assert len(synced) == 2 and str(tmp_path) in synced, synced  # the temp file's data, then the folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -33,6 +33,7 @@ from lightning_t5.eval.stats import (
     paired_test,
     permutation_p_value,
 )
+from tasks.utils import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -461,11 +462,10 @@ def _as_tuple(value: Any) -> Any:
 
 
 def write_json(path: str | Path, payload: Any) -> None:
-    """Standard JSON (NaN/inf written as null, `allow_nan=False`), written atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False, default=str))
-    tmp.replace(path)
+    """Standard JSON (NaN/inf written as null, `allow_nan=False`), written durably (`tasks.utils.write_text_atomic`:
+    temp file, fsync, rename, fsync of the folder; an experiment's resume reads a stage's metrics.json as done)."""
+    write_text_atomic(Path(path), json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False,
+                                             default=str))
 
 
 def render_run_results(cfg: Any, result: Mapping[str, Any], with_before: bool) -> str:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 import tasks
-from lightning_t5.dist.checkpoint import check_compatible, find_last_checkpoint, fsync_dir, load_checkpoint
+from lightning_t5.dist.checkpoint import check_compatible, find_last_checkpoint, load_checkpoint
 from lightning_t5.errors import CheckpointError, ConfigError
 from lightning_t5.model.fused import resolve_backend
 from lightning_t5.train.schedules import lr_lambda
@@ -25,6 +24,7 @@ from lightning_t5.train.schema import to_run_config, validate_config
 from mixtures import MixingConfig, MixtureRegistry, with_objective
 from mixtures.adaptive import check_adaptive
 from tasks import TaskRegistry
+from tasks.utils import write_text_atomic
 
 __all__ = ["RESUME_ACCEPTS", "RunSetup", "load_resume_config", "plain", "prepare_config", "resolve_run_config",
            "resume_changes", "saved_stream_state",
@@ -39,21 +39,9 @@ def plain(node: Any) -> Any:
 
 
 def write_text_durably(path: str | os.PathLike, text: str) -> None:
-    """Replace the run-directory file `path` by `text`: temporary file beside it, fsync, rename, fsync of the
-    directory, so that a crash leaves the old file or the new one, never a part (a resume reads these back)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Replace the run-directory file `path` by `text` durably (`tasks.utils.write_text_atomic`): a crash leaves
+    the old file or the new one, never a part (a resume reads these back)."""
+    write_text_atomic(Path(path), text)
 
 
 def _timestamp() -> str:
