@@ -9,7 +9,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -107,21 +107,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` durably: a temporary file in the same folder, fsync, rename, fsync of the folder; a killed
-    writer leaves the old file or the new one, never half of one. The temporary name carries host and pid, so
-    processes of several nodes writing the same file on a shared filesystem never share one."""
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` durably with ``write(tmp)``, which writes the whole file at the path it is given: a temporary
+    file in the same folder, fsync, rename, fsync of the folder; a killed writer leaves the old file or the new one,
+    never half of one. The temporary name carries host and pid, so processes of several nodes writing the same file
+    on a shared filesystem never share one. The one durable writer of the project (token caches, run files,
+    checkpoints, exports)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`write_atomic` of ``data``."""
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from test_train_helpers import compose_config
 
@@ -127,14 +128,15 @@ def test_explicit_generation_length_that_cuts_targets_is_warned(tiny_run: dict, 
     assert strict_json(tmp_path / "o" / "metrics.json")["max_new_tokens"] == {"glue_mrpc": 1}
 
 
-@pytest.mark.parametrize("writer", ["metrics", "run_config", "mixing"])
+@pytest.mark.parametrize("writer", ["metrics", "run_config", "mixing", "checkpoint"])
 def test_run_directory_files_are_written_durably(writer: str, tmp_path: Path, monkeypatch) -> None:
-    """metrics.json, config.yaml and mixing.json (an experiment's resume reads them back) go through one durable
-    writer: the file's data and the folder entry are fsynced, and no temporary file is left beside them."""
-    import json
+    """metrics.json, config.yaml, mixing.json and checkpoints (a resume reads them back) go through one durable
+    writer (`tasks.utils.write_atomic`): the file's data and the folder entry are fsynced, and no temporary file is
+    left beside them."""
     import os
 
     import tasks.utils
+    from lightning_t5.dist.checkpoint import write_file
     from lightning_t5.eval.evaluation import write_json
     from lightning_t5.train.setup import write_text_durably
     from mixtures.stages import write_run_file
@@ -155,8 +157,12 @@ def test_run_directory_files_are_written_durably(writer: str, tmp_path: Path, mo
         path = tmp_path / "config.yaml"
         write_text_durably(path, "seed: 42\n")
         assert path.read_text() == "seed: 42\n"
-    else:
+    elif writer == "mixing":
         path = write_run_file(tmp_path, {"every": 4})
         assert json.loads(path.read_text()) == {"every": 4}
+    else:
+        path = tmp_path / "last.ckpt"
+        write_file({"global_step": 3, "w": torch.ones(2)}, path)
+        assert torch.load(path, weights_only=True)["global_step"] == 3
     assert len(synced) == 2 and str(tmp_path) in synced, synced  # the temp file's data, then the folder
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -46,6 +46,7 @@ import torch
 
 from lightning_t5.errors import CheckpointError
 from lightning_t5.model.t5 import T5
+from tasks.utils import fsync_dir, write_atomic
 
 __all__ = [
     "MARKER",
@@ -55,7 +56,6 @@ __all__ = [
     "checkpoint_step",
     "finalize",
     "find_last_checkpoint",
-    "fsync_dir",
     "is_checkpoint",
     "is_complete",
     "load_checkpoint",
@@ -94,30 +94,10 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_file(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file beside `path`, fsync, rename over `path`, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """`torch.save` to a temporary file beside `path`, fsync, rename over `path`, fsync the directory
+    (`tasks.utils.write_atomic`)."""
+    write_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def partial_dir(path: Path) -> Path:
