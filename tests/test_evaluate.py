@@ -138,8 +138,8 @@ def test_run_directory_files_are_written_durably(writer: str, tmp_path: Path, mo
     import tasks.utils
     from lightning_t5.dist.checkpoint import write_file
     from lightning_t5.eval.evaluation import write_json
-    from lightning_t5.train.setup import write_text_durably
     from mixtures.stages import write_run_file
+    from tasks.utils import write_text_atomic
 
     synced: list[str] = []
     real_fsync = os.fsync
@@ -155,7 +155,7 @@ def test_run_directory_files_are_written_durably(writer: str, tmp_path: Path, mo
         assert json.loads(path.read_text()) == {"n": 3, "score": None}
     elif writer == "run_config":
         path = tmp_path / "config.yaml"
-        write_text_durably(path, "seed: 42\n")
+        write_text_atomic(path, "seed: 42\n")
         assert path.read_text() == "seed: 42\n"
     elif writer == "mixing":
         path = write_run_file(tmp_path, {"every": 4})

@@ -155,6 +155,12 @@ class T5RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+def cpu_closed_form(device: torch.device, *dtypes: torch.dtype, compiled: bool) -> bool:
+    """Where this module's closed-form CPU backwards run (`CPURMSNorm`, `losses.CPULinearCrossEntropy`): eager (not
+    compiled) fp32 on the CPU. The kernels dispatch on it and `describe_kernels` names them by it."""
+    return device.type == "cpu" and all(dtype == torch.float32 for dtype in dtypes) and not compiled
+
+
 class CPURMSNorm(torch.autograd.Function):
     """RMSNorm with weight, fp32, for eager CPU training: on CPU `F.rms_norm` is composite, and autograd runs
     ~15 elementwise ops through its graph for the backward (4 ms for a [4096, 128] forward + backward). Here the
@@ -193,8 +199,8 @@ class TorchRMSNorm(T5RMSNorm):
         if weight.dtype in (torch.float16, torch.bfloat16):
             normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.eps)
             return weight * normed.to(weight.dtype)
-        if (hidden_states.device.type == "cpu" and weight.dtype == torch.float32 and torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
+        if torch.is_grad_enabled() and cpu_closed_form(hidden_states.device, weight.dtype,
+                                                       compiled=torch.compiler.is_compiling()):
             return CPURMSNorm.apply(hidden_states.float(), weight, self.eps)
         return F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), weight=weight.float(), eps=self.eps)
 
@@ -441,8 +447,7 @@ def describe_kernels(model: nn.Module, optimizer: torch.optim.Optimizer | None =
     config = getattr(model, "config", None)
     weight = next(model.parameters())
     compiled = bool(getattr(model, "compile_mode", None) or getattr(model, "_compile_request", None))
-    # eager fp32 CPU training runs this module's closed-form backwards (TorchRMSNorm, losses.masked_cross_entropy)
-    cpu_eager = weight.device.type == "cpu" and weight.dtype == torch.float32 and not compiled
+    cpu_eager = cpu_closed_form(weight.device, weight.dtype, compiled=compiled)
     norm = next((m for m in model.modules() if m.__class__.__name__.endswith("RMSNorm")), None)
     norm_name = _kernel_name(norm) if norm is not None else "none"
     if isinstance(norm, TorchRMSNorm) and cpu_eager:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .fused import cross_entropy_kernel, linear
+from .fused import cpu_closed_form, cross_entropy_kernel, linear
 
 
 @dataclass
@@ -153,8 +153,8 @@ def masked_cross_entropy(hidden: torch.Tensor, output_weight: torch.Tensor, targ
 def _eager_cpu_fp32(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
     """Where `CPULinearCrossEntropy` runs (for a plain projection, not e.g. DoReMi's identity on logits): CPU, fp32
     operands, no autocast, not being traced by torch.compile."""
-    return (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+    return (cpu_closed_form(hidden.device, hidden.dtype, weight.dtype, compiled=torch.compiler.is_compiling())
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def torch_loss_sums(hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,

@@ -37,8 +37,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from lightning_t5.dist.checkpoint import find_last_checkpoint
 from lightning_t5.errors import RunInterrupted
-from lightning_t5.train.setup import write_text_durably
 from mixtures.stages import write_run_file
+from tasks.utils import write_text_atomic
 
 __all__ = ["TrainLog", "TrainProgressBar", "RngState", "StepCheckpoint", "InterruptCheckpoint", "MixingMonitor",
            "count_tokens", "plot_shares"]
@@ -111,7 +111,7 @@ class TrainLog(Callback):
             log.warning("%s: skipped %d line(s) that do not parse (cut by a crash); the log is rewritten without "
                         "them", self.path, unreadable)
         if kept != lines:
-            write_text_durably(self.path, "".join(kept))
+            write_text_atomic(self.path, "".join(kept))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

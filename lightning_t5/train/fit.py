@@ -28,9 +28,10 @@ from lightning_t5.eval.evaluation import eval_details, render_run_results, write
 from lightning_t5.eval.truncation import report_for_run
 from lightning_t5.model.t5 import T5
 from lightning_t5.train.host_memory import keep_freed_memory
-from lightning_t5.train.setup import RunSetup, plain, resolve_run_config, write_text_durably
+from lightning_t5.train.setup import RunSetup, plain, resolve_run_config
 from mixtures import MixtureError
 from mixtures.shares import render_shares_markdown
+from tasks.utils import write_text_atomic
 
 if TYPE_CHECKING:
     from lightning_t5.train.callbacks import InterruptCheckpoint, TrainLog
@@ -240,7 +241,7 @@ def _create_run_dir(trainer: Any, cfg: DictConfig) -> bool:
     created = not run_dir.exists()
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_durably(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         print(f"run directory: {run_dir}", flush=True)
     return created
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -28,7 +29,6 @@ M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: 2 GB free at the heap's top before glibc trims it
 
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-_APPLIED: list[str] = []
 
 
 def user_allocator_setting(environ: dict[str, str] | None = None) -> str | None:
@@ -45,17 +45,10 @@ def user_allocator_setting(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
+@functools.cache
 def keep_freed_memory() -> str:
     """Serve every allocation from glibc's heap (no mmap) and switch trimming off for this process (see the module
-    docstring); returns a line saying what was done or why not. Idempotent; safe on any platform."""
-    if _APPLIED:
-        return _APPLIED[0]
-    line = _apply()
-    _APPLIED.append(line)
-    return line
-
-
-def _apply() -> str:
+    docstring); returns a line saying what was done or why not. Applied once per process; safe on any platform."""
     setting = user_allocator_setting()
     if setting is not None:
         return f"host memory: the allocator is configured by the user ({setting}); left as it is"

@@ -24,11 +24,9 @@ from lightning_t5.train.schema import to_run_config, validate_config
 from mixtures import MixingConfig, MixtureRegistry, with_objective
 from mixtures.adaptive import check_adaptive
 from tasks import TaskRegistry
-from tasks.utils import write_text_atomic
 
 __all__ = ["RESUME_ACCEPTS", "RunSetup", "load_resume_config", "plain", "prepare_config", "resolve_run_config",
-           "resume_changes", "saved_stream_state",
-           "write_text_durably"]
+           "resume_changes", "saved_stream_state"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +34,6 @@ log = logging.getLogger(__name__)
 def plain(node: Any) -> Any:
     """A config node as plain Python containers (resolved); anything else unchanged."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def write_text_durably(path: str | os.PathLike, text: str) -> None:
-    """Replace the run-directory file `path` by `text` durably (`tasks.utils.write_text_atomic`): a crash leaves
-    the old file or the new one, never a part (a resume reads these back)."""
-    write_text_atomic(Path(path), text)
 
 
 def _timestamp() -> str:
