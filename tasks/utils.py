@@ -98,6 +98,15 @@ def file_fingerprint(path: Path) -> str:
     return digest
 
 
+def fsync_file(path: Path) -> None:
+    """Flush the data of the file at ``path`` (written by whatever wrote it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -111,17 +120,14 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` durably with ``write(tmp)``, which writes the whole file at the path it is given: a temporary
     file in the same folder, fsync, rename, fsync of the folder; a killed writer leaves the old file or the new one,
     never half of one. The temporary name carries host and pid, so processes of several nodes writing the same file
-    on a shared filesystem never share one. The one durable writer of the project (token caches, run files,
-    checkpoints, exports)."""
+    on a shared filesystem never share one. The durable writer of token caches' metadata, run files and
+    single-file checkpoints (`lightning_t5/model/hf.py` keeps its own for exports: `model/` imports nothing of the
+    project)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -38,7 +38,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,7 +45,7 @@ import torch
 
 from lightning_t5.errors import CheckpointError
 from lightning_t5.model.t5 import T5
-from tasks.utils import fsync_dir, write_atomic
+from tasks.utils import fsync_dir, fsync_file, write_atomic
 
 __all__ = [
     "MARKER",
@@ -105,14 +104,6 @@ def partial_dir(path: Path) -> Path:
     return path.parent / f".{path.name}.partial"
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def finalize(tmp: Path, path: Path, step: int) -> None:
     """Mark the fully written directory `tmp` complete and move it to `path` (rank 0 only, after a barrier).
 
@@ -126,7 +117,7 @@ def finalize(tmp: Path, path: Path, step: int) -> None:
         raise RuntimeError(f"{tmp} has no {META}: the distributed checkpoint was not fully written.")
     for file in sorted(tmp.iterdir()):
         if file.is_file():
-            _fsync_file(file)
+            fsync_file(file)
     marker = tmp / MARKER
     with open(marker, "w", encoding="utf-8") as fh:
         json.dump({"global_step": int(step)}, fh)
